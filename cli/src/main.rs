@@ -1,0 +1,51 @@
+//! `mesh`: the command operators use to run and manage the mesh.
+//!
+//! The binary is thin: argument parsing, then a call into the command's module, then an exit
+//! code. Exit codes: 0 success, 1 the command failed (the message says why and what to do),
+//! 2 the command line was wrong.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod duration;
+mod files;
+mod trust;
+
+/// Operate a multi-cluster service mesh.
+#[derive(Debug, Parser)]
+#[command(name = "mesh", version, about, long_about = None)]
+#[command(after_help = "Exit codes: 0 success, 1 the command failed, 2 bad usage.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and inspect trust material: roots, issuers, leaves and trust bundles.
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
+    /// Print the CustomResourceDefinitions (Link, TrafficSplit) as YAML, for kubectl apply.
+    Crds,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Trust(cmd) => trust::run(cmd),
+        Command::Crds => print_crds(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_crds() -> anyhow::Result<()> {
+    print!("{}", mesh_api::crd::crds_yaml()?);
+    Ok(())
+}
