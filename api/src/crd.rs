@@ -255,6 +255,7 @@ pub struct TrafficSplitBackend {
 }
 
 /// The CustomResourceDefinitions of [`Link`] and [`TrafficSplit`].
+#[must_use]
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![Link::crd(), TrafficSplit::crd()]
 }
@@ -556,7 +557,7 @@ mod tests {
 
     #[test]
     fn linkerd_traffic_split_parses() {
-        let yaml = r#"
+        let yaml = r"
 apiVersion: split.smi-spec.io/v1alpha2
 kind: TrafficSplit
 metadata:
@@ -574,7 +575,7 @@ spec:
       weight: 1
     - service: sample-svc-east
       weight: 0
-"#;
+";
         let split: TrafficSplit = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(split.metadata.name.as_deref(), Some("sample-svc"));
         assert_eq!(split.spec.service, "sample-svc");

@@ -106,7 +106,7 @@ pub struct FrameCodec<M> {
 ///
 /// [`FrameError::Oversized`] as soon as the prefix declares more than `max_len` bytes,
 /// [`FrameError::MalformedLength`] for a bad prefix, [`FrameError::MalformedMessage`] for a bad
-/// body. After an error `buf` is left as it was and the stream should be dropped: framing is lost.
+/// body. After an error the stream should be dropped: where the next frame starts is unknown.
 pub fn decode_frame<M>(buf: &mut BytesMut, max_len: usize) -> Result<Option<M>, FrameError>
 where
     M: Message + Default,
@@ -240,11 +240,13 @@ where
 
 impl<M> FrameCodec<M> {
     /// A codec with the [`DEFAULT_MAX_FRAME_LEN`] cap.
+    #[must_use]
     pub const fn new() -> Self {
         Self::with_max_frame_len(DEFAULT_MAX_FRAME_LEN)
     }
 
     /// A codec that refuses frames whose message is longer than `max_frame_len` bytes, both ways.
+    #[must_use]
     pub const fn with_max_frame_len(max_frame_len: usize) -> Self {
         Self {
             max_frame_len,
@@ -253,6 +255,7 @@ impl<M> FrameCodec<M> {
     }
 
     /// The cap in force.
+    #[must_use]
     pub const fn max_frame_len(&self) -> usize {
         self.max_frame_len
     }
