@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+const MAX_SECS: u64 = 36_500 * 86_400;
+
 /// Parses `<n><unit>` with unit `s`, `m`, `h` or `d`.
 pub fn parse(input: &str) -> Result<Duration, String> {
     let input = input.trim();
@@ -29,6 +31,11 @@ pub fn parse(input: &str) -> Result<Duration, String> {
     if secs == 0 {
         return Err("a lifetime must be longer than zero".into());
     }
+    if secs > MAX_SECS {
+        return Err(format!(
+            "{input:?} is longer than the 36500d (100 years) allowed"
+        ));
+    }
     Ok(Duration::from_secs(secs))
 }
 
@@ -41,7 +48,16 @@ mod tests {
         assert_eq!(parse("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse("2d"), Ok(Duration::from_secs(172_800)));
-        for bad in ["", "24", "h", "1.5h", "3w", "0s", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "24",
+            "h",
+            "1.5h",
+            "3w",
+            "0s",
+            "99999999999999999999d",
+            "4000000d",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

@@ -113,17 +113,27 @@ impl TrustBundleSet {
             .insert(root.as_ref().to_vec()))
     }
 
-    /// Adds every root in a PEM input to `domain`; returns how many were new.
+    /// Adds every root in a PEM input to `domain`; returns how many were new. All or nothing: a
+    /// bad root leaves the set as it was.
     pub fn insert_pem(
         &mut self,
         domain: &TrustDomain,
         pem_input: &[u8],
     ) -> Result<usize, BundleError> {
-        let mut added = 0;
-        for root in pem::parse_certificates(pem_input)? {
-            added += usize::from(self.insert(domain, &root)?);
+        let roots = pem::parse_certificates(pem_input)?;
+        for root in &roots {
+            check_root(domain, root)?;
         }
-        Ok(added)
+        Ok(self.add_checked(domain, &roots))
+    }
+
+    // Adds roots that passed `check_root`; returns how many were new.
+    fn add_checked(&mut self, domain: &TrustDomain, roots: &[CertificateDer<'_>]) -> usize {
+        let entry = self.domains.entry(domain.clone()).or_default();
+        roots
+            .iter()
+            .filter(|r| entry.insert(r.as_ref().to_vec()))
+            .count()
     }
 
     /// Adds roots that name their own trust domain in a `spiffe://<domain>` URI SAN (as the roots
@@ -337,43 +347,39 @@ impl TrustBundleSet {
         )?)
     }
 
-    /// Adds the roots of a SPIFFE bundle document for `domain`. Keys of other uses (`jwt-svid`)
-    /// are skipped, as the spec asks of consumers that do not use them.
+    /// Adds the roots of a SPIFFE bundle document for `domain`; all or nothing.
+    ///
+    /// Per the SPIFFE trust domain and bundle spec (section 6.2), keys of other uses (`jwt-svid`)
+    /// and `x509-svid` keys without a certificate are ignored, and of several certificates in
+    /// `x5c` the first is the key's. A certificate that is present must be a valid root.
     pub fn insert_spiffe_json(
         &mut self,
         domain: &TrustDomain,
         json: &[u8],
     ) -> Result<usize, BundleError> {
         let doc: SpiffeBundle = serde_json::from_slice(json)?;
-        let mut added = 0;
-        let mut found = false;
+        let mut roots = Vec::new();
         for (index, key) in doc.keys.iter().enumerate() {
             if key.key_use.as_deref() != Some(USE_X509_SVID) {
                 continue;
             }
-            found = true;
-            let x5c = key.x5c.as_deref().unwrap_or_default();
-            let [cert_b64] = x5c else {
-                return Err(BundleError::BadKey {
-                    index,
-                    reason: format!(
-                        "an x509-svid key must carry exactly one certificate in x5c, found {}",
-                        x5c.len()
-                    ),
-                });
+            let Some(cert_b64) = key.x5c.as_deref().and_then(<[String]>::first) else {
+                continue;
             };
             let der = STANDARD.decode(cert_b64).map_err(|e| BundleError::BadKey {
                 index,
                 reason: format!("x5c is not base64: {e}"),
             })?;
-            added += usize::from(self.insert(domain, &CertificateDer::from(der))?);
+            let root = CertificateDer::from(der);
+            check_root(domain, &root)?;
+            roots.push(root);
         }
-        if !found {
+        if roots.is_empty() {
             return Err(BundleError::NoX509Keys {
                 domain: domain.clone(),
             });
         }
-        Ok(added)
+        Ok(self.add_checked(domain, &roots))
     }
 
     /// The whole set as one JSON object, `{"<domain>": <SPIFFE bundle>, ...}`.
@@ -662,7 +668,7 @@ mod tests {
             (r#"{"keys":[]}"#, "has no x509-svid keys"),
             (
                 r#"{"keys":[{"use":"x509-svid","x5c":[]}]}"#,
-                "exactly one certificate in x5c, found 0",
+                "has no x509-svid keys",
             ),
             (
                 r#"{"keys":[{"use":"x509-svid","x5c":["!!"]}]}"#,
@@ -679,6 +685,42 @@ mod tests {
                 .expect_err(input);
             assert!(err.to_string().contains(want), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn follows_spec_6_2_and_is_all_or_nothing() {
+        let (west1, west2) = (root("west"), root("west"));
+        let (b1, b2) = (
+            STANDARD.encode(west1.certificate()),
+            STANDARD.encode(west2.certificate()),
+        );
+        // An x509-svid key without a certificate is ignored; of several, the first is the key's.
+        let json = format!(
+            r#"{{"keys":[{{"use":"x509-svid"}},{{"use":"x509-svid","x5c":[]}},{{"use":"x509-svid","x5c":["{b1}","{b2}"]}}]}}"#
+        );
+        let mut set = TrustBundleSet::new();
+        assert_eq!(
+            set.insert_spiffe_json(&td("west"), json.as_bytes())
+                .expect("read"),
+            1
+        );
+        assert_eq!(
+            set.roots(&td("west")).next().map(|c| c.to_vec()),
+            Some(west1.certificate().to_vec())
+        );
+
+        // One bad root in a document: nothing of it is added.
+        let east = root("east");
+        let bad = format!(
+            r#"{{"keys":[{{"use":"x509-svid","x5c":["{b2}"]}},{{"use":"x509-svid","x5c":["{}"]}}]}}"#,
+            STANDARD.encode(east.certificate())
+        );
+        let before = set.clone();
+        assert!(set.insert_spiffe_json(&td("west"), bad.as_bytes()).is_err());
+        assert_eq!(set, before);
+        let pem = format!("{}{}", west2.certificate_pem(), east.certificate_pem());
+        assert!(set.insert_pem(&td("west"), pem.as_bytes()).is_err());
+        assert_eq!(set, before);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! CSR (after its signature proves the requester holds the private key), and the identity is the one
 //! the caller was authorized to certify, never one the CSR asks for.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -28,6 +28,10 @@ pub const DEFAULT_ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 
 /// Certificates start this long before they are made, so that a peer whose clock is a little
 /// behind does not refuse a fresh certificate as not yet valid.
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+/// The longest lifetime accepted: a hundred years.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+/// X.509 dates end at 9999-12-31T23:59:59Z.
+const LATEST_X509_TIME: Duration = Duration::from_secs(253_402_300_799);
 
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 const OID_PRIME256V1: &str = "1.2.840.10045.3.1.7";
@@ -57,6 +61,16 @@ pub enum CaError {
     Pem(#[from] PemError),
     #[error("validity window is empty: notBefore is not before notAfter")]
     EmptyValidity,
+    #[error("validity ends after 9999-12-31, which X.509 cannot express")]
+    ValidityTooLong,
+    #[error("the signing CA expired at {0}; rotate it (mesh trust create-issuer) before issuing")]
+    CaExpired(String),
+    #[error("the signing CA expires at {0}, too soon for the requested lifetime; rotate it first")]
+    CaExpiring(String),
+    #[error("{0} names a trust domain, not a workload; a leaf's SPIFFE ID needs a path")]
+    NotAWorkloadId(SpiffeId),
+    #[error("only a root may sign issuers: an issuer's path length is 0")]
+    NotARoot,
 }
 
 /// Why a CSR was refused.
@@ -103,12 +117,13 @@ pub struct CertificateAuthority {
 // === impl Validity ===
 
 impl Validity {
-    /// From a little before now (see [`CLOCK_SKEW_ALLOWANCE`]) for `lifetime`.
+    /// From a little before now (see [`CLOCK_SKEW_ALLOWANCE`]) for `lifetime`, at most
+    /// [`MAX_LIFETIME`].
     pub fn starting_now(lifetime: Duration) -> Self {
         let now = SystemTime::now();
         Self {
             not_before: now - CLOCK_SKEW_ALLOWANCE,
-            not_after: now + lifetime,
+            not_after: now + lifetime.min(MAX_LIFETIME),
         }
     }
 
@@ -119,11 +134,13 @@ impl Validity {
     }
 
     fn check(&self) -> Result<(), CaError> {
-        if self.not_before < self.not_after {
-            Ok(())
-        } else {
-            Err(CaError::EmptyValidity)
+        if self.not_before >= self.not_after {
+            return Err(CaError::EmptyValidity);
         }
+        if self.not_after > UNIX_EPOCH + LATEST_X509_TIME {
+            return Err(CaError::ValidityTooLong);
+        }
+        Ok(())
     }
 }
 
@@ -176,8 +193,10 @@ impl CertificateAuthority {
     }
 
     pub fn create_issuer_with(&self, validity: Validity) -> Result<Self, CaError> {
-        let validity = self.clamp(validity);
-        validity.check()?;
+        if !self.is_root {
+            return Err(CaError::NotARoot);
+        }
+        let validity = self.fit(validity)?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::KeyGeneration)?;
         let params = ca_params(
             &self.trust_domain,
@@ -242,9 +261,11 @@ impl CertificateAuthority {
         }
         let issuer = Issuer::from_ca_cert_der(&certificate, key)
             .map_err(|e| CaError::BadCaCertificate(e.to_string()))?;
+        // A root signs itself: the same name on both sides is not enough.
+        let is_root = info.self_issued && x509::is_self_signed(&certificate);
         Ok(Self {
             trust_domain,
-            is_root: info.self_issued,
+            is_root,
             certificate,
             chain,
             issuer,
@@ -305,8 +326,10 @@ impl CertificateAuthority {
                 trust_domain: self.trust_domain.clone(),
             });
         }
-        let validity = self.clamp(validity);
-        validity.check()?;
+        if identity.path().is_empty() {
+            return Err(CaError::NotAWorkloadId(identity.clone()));
+        }
+        let validity = self.fit(validity)?;
         let mut params = CertificateParams::default();
         // SPIFFE X509-SVIDs identify by URI SAN alone; an empty subject makes rcgen mark the SAN
         // critical, as RFC 5280 requires.
@@ -342,10 +365,25 @@ impl CertificateAuthority {
         })
     }
 
-    // A certificate cannot usefully outlive the CA that signed it.
-    fn clamp(&self, mut validity: Validity) -> Validity {
-        validity.not_after = validity.not_after.min(self.validity.not_after);
-        validity
+    // A certificate cannot usefully outlive the CA that signed it, so its end is cut to the CA's.
+    // If that leaves under a tenth of what was asked for, the CA is about to expire and the
+    // caller would renew in a loop: better to say so.
+    fn fit(&self, mut validity: Validity) -> Result<Validity, CaError> {
+        let now = SystemTime::now();
+        let ca_end = self.validity.not_after;
+        if ca_end <= now {
+            return Err(CaError::CaExpired(x509::rfc3339(ca_end)));
+        }
+        if validity.not_after > ca_end {
+            let asked = validity.not_after.duration_since(now).unwrap_or_default();
+            let left = ca_end.duration_since(now).unwrap_or_default();
+            if left < asked / 10 {
+                return Err(CaError::CaExpiring(x509::rfc3339(ca_end)));
+            }
+            validity.not_after = ca_end;
+        }
+        validity.check()?;
+        Ok(validity)
     }
 }
 
@@ -556,8 +594,71 @@ mod tests {
     }
 
     #[test]
+    fn refuses_trust_domain_ids_expiring_cas_and_issuers_of_issuers() {
+        let root =
+            CertificateAuthority::create_root(&td("west"), DEFAULT_ROOT_LIFETIME).expect("root");
+        let domain_id = td("west").id();
+        let (_key, csr) = generate_key_and_csr(&domain_id).expect("csr");
+        let err = root
+            .sign_csr(
+                &domain_id,
+                &csr,
+                Validity::starting_now(DEFAULT_LEAF_LIFETIME),
+            )
+            .expect_err("a trust domain ID is not a workload");
+        assert!(matches!(err, CaError::NotAWorkloadId(_)), "{err}");
+
+        let issuer = root.create_issuer(DEFAULT_ISSUER_LIFETIME).expect("issuer");
+        let err = issuer
+            .create_issuer(DEFAULT_ISSUER_LIFETIME)
+            .expect_err("path length 0");
+        assert!(matches!(err, CaError::NotARoot), "{err}");
+
+        // A CA with two minutes left cannot sign a day-long leaf: the caller would renew in a loop.
+        let short =
+            CertificateAuthority::create_root(&td("west"), Duration::from_secs(120)).expect("root");
+        let id = SpiffeId::parse("spiffe://west/ns/a/sa/b").expect("id");
+        let (_key, csr) = generate_key_and_csr(&id).expect("csr");
+        let err = short
+            .sign_csr(&id, &csr, Validity::starting_now(DEFAULT_LEAF_LIFETIME))
+            .expect_err("expiring CA");
+        assert!(matches!(err, CaError::CaExpiring(_)), "{err}");
+
+        let now = SystemTime::now();
+        let expired = CertificateAuthority::create_root_with(
+            &td("west"),
+            Validity {
+                not_before: now - Duration::from_secs(7200),
+                not_after: now - Duration::from_secs(3600),
+            },
+        )
+        .expect("an expired root can be made, for tests");
+        let err = expired
+            .sign_csr(&id, &csr, Validity::starting_now(DEFAULT_LEAF_LIFETIME))
+            .expect_err("expired CA");
+        assert!(err.to_string().contains("expired at"), "{err}");
+    }
+
+    #[test]
+    fn huge_lifetimes_are_capped_not_a_panic() {
+        let root =
+            CertificateAuthority::create_root(&td("west"), Duration::from_secs(u64::MAX / 4))
+                .expect("capped at MAX_LIFETIME");
+        assert!(root.validity().lifetime() <= MAX_LIFETIME + CLOCK_SKEW_ALLOWANCE);
+        let err = CertificateAuthority::create_root_with(
+            &td("west"),
+            Validity {
+                not_before: SystemTime::now(),
+                not_after: UNIX_EPOCH + LATEST_X509_TIME + Duration::from_secs(1),
+            },
+        )
+        .expect_err("past 9999");
+        assert!(matches!(err, CaError::ValidityTooLong), "{err}");
+    }
+
+    #[test]
     fn leaf_never_outlives_its_issuer() {
-        let root = CertificateAuthority::create_root(&td("west"), Duration::from_secs(3600))
+        let root = CertificateAuthority::create_root(&td("west"), Duration::from_secs(20 * 3600))
             .expect("root");
         let id = SpiffeId::parse("spiffe://west/ns/a/sa/b").expect("id");
         let (_key, csr) = generate_key_and_csr(&id).expect("csr");

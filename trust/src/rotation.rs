@@ -167,7 +167,9 @@ impl<I: LeafIssuer> Rotator<I> {
                 rand::random_range(-1.0..=1.0),
             );
             tracing::debug!(identity = %self.identity, ?delay, "next leaf renewal");
-            tokio::time::sleep(delay).await;
+            // Never less than the first backoff: a leaf that is already due must not make this
+            // loop spin.
+            tokio::time::sleep(delay.max(self.options.initial_backoff)).await;
             self.renew_with_retries().await;
         }
     }
@@ -176,16 +178,26 @@ impl<I: LeafIssuer> Rotator<I> {
         let mut backoff = self.options.initial_backoff;
         loop {
             match obtain(&self.identity, &self.issuer).await {
-                Ok(credentials) => match self.resolver.swap(credentials) {
-                    Ok(()) => {
-                        self.renewed.send_modify(|n| *n += 1);
-                        tracing::info!(identity = %self.identity, "renewed leaf certificate");
-                        return;
+                Ok(credentials) => {
+                    let validity = credentials.validity;
+                    match self.resolver.swap(credentials) {
+                        Ok(()) => {
+                            self.renewed.send_modify(|n| *n += 1);
+                            let next =
+                                renewal_delay(validity, SystemTime::now(), &self.options, 0.0);
+                            if !next.is_zero() {
+                                tracing::info!(identity = %self.identity, "renewed leaf certificate");
+                                return;
+                            }
+                            // Served, since it beats an older one, but already due: keep trying
+                            // with backoff rather than renewing in a tight loop.
+                            tracing::warn!(identity = %self.identity, "renewed leaf is already due for renewal; is the issuer expiring?");
+                        }
+                        Err(error) => {
+                            tracing::warn!(identity = %self.identity, %error, "renewed leaf unusable")
+                        }
                     }
-                    Err(error) => {
-                        tracing::warn!(identity = %self.identity, %error, "renewed leaf unusable")
-                    }
-                },
+                }
                 Err(error) => {
                     let expired =
                         self.resolver.credentials().validity.not_after <= SystemTime::now();

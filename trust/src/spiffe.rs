@@ -102,6 +102,10 @@ impl TrustDomain {
         namespace: &str,
         service_account: &str,
     ) -> Result<SpiffeId, SpiffeIdError> {
+        // A '/' would make a valid ID that is not of the workload form.
+        if namespace.contains('/') || service_account.contains('/') {
+            return Err(SpiffeIdError::PathChar { found: '/' });
+        }
         SpiffeId::parse(&format!(
             "{SCHEME_PREFIX}{}/ns/{namespace}/sa/{service_account}",
             self.0
@@ -421,9 +425,9 @@ mod tests {
             "spiffe://west/ns/default/sa/web"
         );
         assert!(td.workload("", "web").is_err());
-        assert!(
-            td.workload("a/b", "web")
-                .is_ok_and(|id| id.workload().is_none())
+        assert_eq!(
+            td.workload("a/b", "web"),
+            Err(SpiffeIdError::PathChar { found: '/' })
         );
         assert!(td.workload("..", "web").is_err());
     }

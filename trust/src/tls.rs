@@ -32,6 +32,13 @@ pub enum TlsError {
     Identity(#[from] PeerVerifyError),
     #[error("the leaf is for {found}, not {expected}")]
     WrongIdentity { expected: SpiffeId, found: SpiffeId },
+    #[error("the leaf's public key does not match the private key: {0}")]
+    KeyMismatch(rustls::Error),
+    #[error("the leaf is not valid now (valid {not_before} to {not_after})")]
+    NotCurrent {
+        not_before: String,
+        not_after: String,
+    },
 }
 
 /// The crypto provider of the whole workspace: ring. Every TLS config is built from this one.
@@ -81,11 +88,22 @@ impl WorkloadCredentials {
         if self.chain.is_empty() {
             return Err(TlsError::EmptyChain);
         }
+        let now = std::time::SystemTime::now();
+        if !(self.validity.not_before <= now && now < self.validity.not_after) {
+            return Err(TlsError::NotCurrent {
+                not_before: crate::x509::rfc3339(self.validity.not_before),
+                not_after: crate::x509::rfc3339(self.validity.not_after),
+            });
+        }
         let signing_key = provider()
             .key_provider
             .load_private_key(self.key.clone_key())
             .map_err(TlsError::Key)?;
-        Ok(Arc::new(CertifiedKey::new(self.chain.clone(), signing_key)))
+        let key = CertifiedKey::new(self.chain.clone(), signing_key);
+        // An issuer that answered with a leaf for another key would break every handshake
+        // until the next renewal; refuse it here, before it is served.
+        key.keys_match().map_err(TlsError::KeyMismatch)?;
+        Ok(Arc::new(key))
     }
 }
 
@@ -177,6 +195,10 @@ impl ResolvesClientCert for CertResolver {
 }
 
 /// A mesh server: TLS 1.3, client certificates required and checked against `policy`.
+///
+/// Session resumption is off. A resumed TLS 1.3 handshake skips certificate verification, so a
+/// peer could keep resuming after its domain was unlinked, its root dropped or its leaf expired.
+/// Meshed HTTP rides pooled, long-lived connections, so full handshakes are rare anyway.
 pub fn server_config(
     bundles: SharedTrustBundles,
     policy: PeerPolicy,
@@ -189,13 +211,14 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(MeshClientVerifier::new(bundles, policy)))
         .with_cert_resolver(certs);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
 /// A mesh client: TLS 1.3, presents the workload certificate, checks the server against `policy`.
 ///
-/// TLS 1.3 resumption skips certificate verification, so a config (and its session cache) must
-/// serve one policy only: build one config per expected identity, never share a cache across them.
+/// Session resumption is off, for the reason given at [`server_config`].
 pub fn client_config(
     bundles: SharedTrustBundles,
     policy: PeerPolicy,
@@ -212,6 +235,7 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

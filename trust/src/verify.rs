@@ -48,6 +48,10 @@ pub enum PeerVerifyError {
     NoIdentity,
     #[error("peer certificate has {count} URI SANs; an X509-SVID has exactly one")]
     SeveralUris { count: usize },
+    #[error(
+        "peer certificate names {0}, a trust domain, not a workload; an X509-SVID's ID has a path"
+    )]
+    TrustDomainOnly(SpiffeId),
     #[error("peer certificate's URI SAN {uri:?} is not a valid SPIFFE ID: {source}")]
     BadIdentity { uri: String, source: SpiffeIdError },
     #[error(
@@ -243,10 +247,16 @@ pub fn peer_identity(end_entity: &CertificateDer<'_>) -> Result<SpiffeId, PeerVe
     let uris = x509::uri_sans(end_entity).map_err(PeerVerifyError::Malformed)?;
     match uris.as_slice() {
         [] => Err(PeerVerifyError::NoIdentity),
-        [uri] => SpiffeId::parse(uri).map_err(|source| PeerVerifyError::BadIdentity {
-            uri: uri.clone(),
-            source,
-        }),
+        [uri] => {
+            let id = SpiffeId::parse(uri).map_err(|source| PeerVerifyError::BadIdentity {
+                uri: uri.clone(),
+                source,
+            })?;
+            if id.path().is_empty() {
+                return Err(PeerVerifyError::TrustDomainOnly(id));
+            }
+            Ok(id)
+        }
         many => Err(PeerVerifyError::SeveralUris { count: many.len() }),
     }
 }

@@ -117,6 +117,13 @@ pub fn parse(der: &[u8]) -> Result<CertificateInfo, String> {
     })
 }
 
+/// Whether a certificate's signature verifies with its own public key.
+pub fn is_self_signed(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert.verify_signature(None).is_ok())
+        .unwrap_or(false)
+}
+
 /// Only the URI SANs of a certificate: what a handshake needs, without the rest of [`parse`].
 pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;

@@ -123,7 +123,7 @@ async fn fails_when_the_leaf_has_expired() {
     let stale = west.creds_with(&west.id("web"), expired());
     let out = handshake(
         server(&b, PeerPolicy::AnyDomain, west.creds("api")),
-        client(&b, PeerPolicy::AnyDomain, stale),
+        raw_client(&b, stale),
     )
     .await;
     let err = out.server_err();
@@ -136,7 +136,7 @@ async fn fails_when_the_leaf_is_not_yet_valid() {
     let b = bundles(&[&west]);
     let early = west.creds_with(&west.id("api"), not_yet_valid());
     let out = handshake(
-        server(&b, PeerPolicy::AnyDomain, early),
+        raw_server(early),
         client(&b, PeerPolicy::AnyDomain, west.creds("web")),
     )
     .await;
@@ -256,7 +256,11 @@ fn refuses_leaves_without_exactly_one_spiffe_uri() {
     let issuer_key = KeyPair::from_pem(&west.issuer.private_key_pem()).unwrap();
     let issuer = Issuer::from_ca_cert_der(west.issuer.certificate(), issuer_key).unwrap();
     let now = rustls_pki_types::UnixTime::now();
-    let cases: [(Vec<SanType>, &str); 3] = [
+    let cases: [(Vec<SanType>, &str); 4] = [
+        (
+            vec![SanType::URI("spiffe://west".try_into().unwrap())],
+            "a trust domain, not a workload",
+        ),
         (
             vec![SanType::DnsName("web.default.svc".try_into().unwrap())],
             "no URI SAN",
@@ -288,4 +292,22 @@ fn refuses_leaves_without_exactly_one_spiffe_uri() {
             .unwrap_err();
         assert!(err.to_string().contains(want), "{err} should say {want}");
     }
+}
+
+#[test]
+fn credentials_whose_key_does_not_match_or_that_expired_are_never_served() {
+    let west = Domain::new("west");
+    let mut creds = west.creds("web");
+    let other = west.creds("web");
+    creds.key = other.key.clone();
+    let err = tls::CertResolver::new(creds).unwrap_err();
+    assert!(
+        err.to_string().contains("does not match the private key"),
+        "{err}"
+    );
+
+    let resolver = tls::CertResolver::new(west.creds("web")).unwrap();
+    let stale = west.creds_with(&west.id("web"), expired());
+    let err = resolver.swap(stale).unwrap_err();
+    assert!(err.to_string().contains("is not valid now"), "{err}");
 }

@@ -67,27 +67,32 @@ async fn a_bundle_update_applies_to_the_next_handshake() {
         east.creds("api"),
     ));
     let client_bundles = bundles(&[&west, &east]);
+    let client_config = client(&client_bundles, PeerPolicy::AnyDomain, west.creds("web"));
 
-    let out = handshake(
-        (*server_config).clone(),
-        client(&client_bundles, PeerPolicy::AnyDomain, west.creds("web")),
-    )
-    .await;
+    let out = handshake((*server_config).clone(), client_config.clone()).await;
     assert!(
         out.server_err()
             .contains("no trust bundle for trust domain west")
     );
 
-    // The same config object, updated bundles: now west is known.
+    // The same config objects, updated bundles: now west is known.
     let mut set = server_bundles.get();
     set.merge(&west.bundle());
     server_bundles.update(set);
-    let out = handshake(
-        (*server_config).clone(),
-        client(&client_bundles, PeerPolicy::AnyDomain, west.creds("web")),
-    )
-    .await;
-    assert_eq!(out.server.unwrap(), west.id("web"));
+    for _ in 0..2 {
+        let out = handshake((*server_config).clone(), client_config.clone()).await;
+        assert_eq!(out.server.unwrap(), west.id("web"));
+    }
+
+    // Unlinking west applies at once, even to a client that connected before: no session is
+    // resumed past the bundle change.
+    server_bundles.update(east.bundle());
+    let out = handshake((*server_config).clone(), client_config.clone()).await;
+    assert!(
+        out.server_err()
+            .contains("no trust bundle for trust domain west"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

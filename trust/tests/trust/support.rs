@@ -76,6 +76,31 @@ pub fn client(
     tls::client_config(bundles.clone(), policy, Some(resolver), ALPN).unwrap()
 }
 
+/// A client that presents `creds` as they are, bypassing the resolver's checks: a misbehaving peer.
+pub fn raw_client(bundles: &SharedTrustBundles, creds: WorkloadCredentials) -> ClientConfig {
+    let verifier = Arc::new(mesh_trust::verify::MeshServerVerifier::new(
+        bundles.clone(),
+        PeerPolicy::AnyDomain,
+    ));
+    ClientConfig::builder_with_provider(Arc::new(tls::provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())
+        .unwrap()
+}
+
+/// A server that presents `creds` as they are: a misbehaving peer.
+pub fn raw_server(creds: WorkloadCredentials) -> ServerConfig {
+    ServerConfig::builder_with_provider(Arc::new(tls::provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(creds.chain.clone(), creds.key.clone_key())
+        .unwrap()
+}
+
 /// What each side of one handshake saw: the peer's identity, or its error as text.
 #[derive(Debug)]
 pub struct Outcome {
