@@ -1,0 +1,255 @@
+//! The inbound listener: accepts connections, bounds how many are served at once, and drains.
+//!
+//! Each accepted connection is served by its own task (see [`connection`] for the steps), holding
+//! one of `max_connections` permits for its whole life; beyond that a connection is closed at
+//! once with a warning, so an overload is visible instead of a silent queue. On drain the
+//! listener is dropped (the kernel refuses new connections), connections in flight run to their
+//! end, and then [`serve_inbound`] returns. A spliced connection ends when both sides close or
+//! at its idle timeout; a caller that cannot wait that long bounds the drain itself, and dropping
+//! the [`serve_inbound`] future aborts every connection it owns.
+
+mod connection;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_trust::SpiffeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::splice::{SpliceError, Transferred};
+use crate::detect::{Protocol, Refusal};
+use crate::drain;
+use crate::transport_header::{MeshTransportHeader, TransportHeaderError};
+
+/// After a failed `accept` (out of file descriptors, say), wait this long before the next one,
+/// so that a persistent error does not spin a core.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How the inbound side serves connections. Built with [`InboundConfig::new`], then adjusted.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct InboundConfig {
+    /// Mesh TLS: client certificates required, ALPN `mesh.opaque` and `mesh.h2`.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Where the application listens: connections go to `local_app_ip:header.port`.
+    pub local_app_ip: IpAddr,
+    /// How long a new connection has to show what it speaks (a ClientHello, for a meshed peer).
+    pub detect_timeout: Duration,
+    /// From the end of detection: how long the TLS handshake and the transport header may take
+    /// together. A peer that stalls in either costs only its own connection.
+    pub header_timeout: Duration,
+    /// How long the application has to accept the connection.
+    pub app_connect_timeout: Duration,
+    /// A spliced connection on which no byte moves either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once, in any phase; more are closed at once.
+    pub max_connections: usize,
+    /// Told about every connection: for tests, and later for metrics.
+    pub events: Option<EventHook>,
+}
+
+/// A callback told about inbound connections. It runs on the connection's task, so it must be
+/// quick and must not block.
+#[derive(Clone)]
+pub struct EventHook(Arc<dyn Fn(InboundEvent) + Send + Sync>);
+
+/// What happened to an inbound connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum InboundEvent {
+    /// Closed on accept: `limit` connections were already being served.
+    Overloaded { client: SocketAddr, limit: usize },
+    /// The peer proved `peer` and sent its header; the connection is spliced to `app`.
+    Opened {
+        client: SocketAddr,
+        peer: SpiffeId,
+        header: MeshTransportHeader,
+        app: SocketAddr,
+    },
+    /// The connection is over: `Ok` with the bytes moved (client->app as `a_to_b`) when both
+    /// sides closed, else why it was closed. `peer` is known once the handshake is done.
+    Closed {
+        client: SocketAddr,
+        peer: Option<SpiffeId>,
+        result: Result<Transferred, InboundError>,
+    },
+}
+
+/// Why an inbound connection was closed. Each is about that one connection only.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboundError {
+    /// Not a ClientHello offering a mesh ALPN: traffic iptables redirected on its way to an
+    /// application port. Its original destination (from `crate::orig_dst`, once that exists)
+    /// is where it will be forwarded; until then it is closed. `sent` is how many bytes
+    /// detection saw.
+    #[error("not meshed ({protocol:?} in {sent} bytes): no original destination to forward it to")]
+    NotMeshed { protocol: Protocol, sent: usize },
+    #[error("protocol detection refused the connection: {0}")]
+    Refused(Refusal),
+    #[error("reading the first bytes failed: {0}")]
+    Detect(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("TLS handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// Cannot happen with a config that requires client certificates; refused all the same.
+    #[error("the peer presented no SPIFFE identity")]
+    NoPeerIdentity,
+    /// The HTTP/2 hop is not built yet: `mesh.h2` connections are refused, closed and logged.
+    #[error("mesh.h2 from {peer} is not served yet")]
+    Http2NotServed { peer: SpiffeId },
+    #[error("negotiated ALPN {0:?} is not a mesh protocol")]
+    Alpn(Option<Vec<u8>>),
+    #[error("no transport header within {0:?}")]
+    HeaderTimeout(Duration),
+    #[error("reading the transport header failed: {0}")]
+    ReadHeader(std::io::Error),
+    #[error("bad transport header: {0}")]
+    TransportHeader(#[from] TransportHeaderError),
+    /// The header names the inbound listener itself; connecting would loop back into it.
+    #[error("transport header port {port} is the inbound listener's own")]
+    Loop { port: u16 },
+    #[error("connecting to the application at {addr} failed: {source}")]
+    AppConnect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the application at {addr} did not accept within {timeout:?}")]
+    AppConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("splice: {0}")]
+    Splice(#[from] SpliceError),
+}
+
+/// Serves meshed inbound connections from `listener` until `watch` signals a drain, then waits
+/// for the connections in flight to end and returns.
+pub async fn serve_inbound(listener: TcpListener, config: InboundConfig, mut watch: drain::Watch) {
+    let mut connections = Connections {
+        local: listener.local_addr().ok(),
+        permits: Arc::new(Semaphore::new(config.max_connections)),
+        config: Arc::new(config),
+        tasks: JoinSet::new(),
+    };
+    loop {
+        tokio::select! {
+            // Checked first, so that no connection is accepted once the drain has begun.
+            biased;
+            () = watch.signaled() => break,
+            // Reaped as they end, so that the set holds only live connections.
+            Some(done) = connections.tasks.join_next(), if !connections.tasks.is_empty() => {
+                report_panic(done);
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, client)) => connections.admit(tcp, client, &watch),
+                Err(error) => {
+                    tracing::warn!(%error, "inbound accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+        }
+    }
+
+    drop(listener);
+    tracing::debug!(
+        in_flight = connections.tasks.len(),
+        "inbound draining: listener closed"
+    );
+    while let Some(done) = connections.tasks.join_next().await {
+        report_panic(done);
+    }
+    tracing::debug!("inbound drained");
+}
+
+/// The connections a listener serves: one task each, within the permits.
+struct Connections {
+    config: Arc<InboundConfig>,
+    /// The listener's own address, which a transport header must not name.
+    local: Option<SocketAddr>,
+    permits: Arc<Semaphore>,
+    /// Dropping the set aborts every task in it.
+    tasks: JoinSet<()>,
+}
+
+// === impl Connections ===
+
+impl Connections {
+    /// Spawns a task for a new connection, or closes it at once when every permit is taken.
+    fn admit(&mut self, tcp: TcpStream, client: SocketAddr, watch: &drain::Watch) {
+        let limit = self.config.max_connections;
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            tracing::warn!(%client, limit, "inbound connection refused: too many connections");
+            drop(tcp);
+            self.config.emit(InboundEvent::Overloaded { client, limit });
+            return;
+        };
+        let config = self.config.clone();
+        let local = self.local;
+        let retain = watch.retain();
+        let serve = async move {
+            let (peer, result) = connection::serve(tcp, client, local, &config).await;
+            // Released before the event, so that whoever sees `Closed` can connect again within
+            // the limit.
+            drop(permit);
+            config.emit(InboundEvent::Closed {
+                client,
+                peer,
+                result,
+            });
+            drop(retain);
+        };
+        self.tasks
+            .spawn(serve.instrument(tracing::debug_span!("inbound", %client)));
+    }
+}
+
+fn report_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        if error.is_panic() {
+            tracing::error!(%error, "inbound connection task panicked");
+        }
+    }
+}
+
+// === impl InboundConfig ===
+
+impl InboundConfig {
+    /// A config with the defaults: the application on 127.0.0.1, 10 s to detect, 10 s for the
+    /// handshake and header, 1 s to reach the application, 1 h idle, 10 000 connections.
+    pub fn new(tls: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            tls,
+            local_app_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            detect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            app_connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 10_000,
+            events: None,
+        }
+    }
+
+    fn emit(&self, event: InboundEvent) {
+        if let Some(hook) = &self.events {
+            (hook.0)(event);
+        }
+    }
+}
+
+// === impl EventHook ===
+
+impl EventHook {
+    pub fn new(hook: impl Fn(InboundEvent) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(hook))
+    }
+}
+
+impl fmt::Debug for EventHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventHook")
+    }
+}
