@@ -14,11 +14,13 @@
 //!   keeps the last good state) and a static file source for tests and demos.
 //! - [`init`] and [`orig_dst`]: the iptables rules for transparent redirection, and the original
 //!   destination of a redirected connection.
+//! - [`outbound`]: explicit listeners bound to one service (`--outbound-map`): discovery, the
+//!   balancer, retries on connect failure, then the meshed hop or plain TCP.
 //! - [`drain`]: graceful shutdown.
 //!
-//! Not built yet: the outbound listener that ties discovery, balancing and the hop together, the
-//! HTTP/2 hop (`mesh.h2`), tunnels through the gateway, the admin server and metrics, tap, and
-//! the `mesh-proxy` binary (see ARCHITECTURE.md, "Data path").
+//! Not built yet: the outbound listener for iptables-redirected and HTTP traffic, the HTTP/2 hop
+//! (`mesh.h2`), tunnels through the gateway, tap, and the `mesh-proxy` binary (see
+//! ARCHITECTURE.md, "Data path").
 
 pub mod balance;
 pub mod detect;
@@ -26,6 +28,7 @@ pub mod discovery;
 pub mod drain;
 pub mod init;
 pub mod orig_dst;
+pub mod outbound;
 pub mod retry;
 pub mod split;
 pub mod tcp;

@@ -61,6 +61,8 @@ pub struct InFlight<A> {
     addr: A,
     endpoint: Endpoint,
     started: Instant,
+    /// The round-trip sample a connect failure counts as.
+    failure_penalty: Duration,
     probe: bool,
     /// A round-trip sample was taken (by `connected` or `finish`).
     sampled: bool,
@@ -102,7 +104,7 @@ impl Endpoint {
     }
 
     /// Counts a pick at `now` and hands out its guard.
-    pub(crate) fn start<A>(&self, addr: A, now: Instant) -> InFlight<A> {
+    pub(crate) fn start<A>(&self, addr: A, now: Instant, failure_penalty: Duration) -> InFlight<A> {
         let probe = {
             let mut stats = self.lock();
             stats.pending = stats.pending.saturating_add(1);
@@ -112,6 +114,7 @@ impl Endpoint {
             addr,
             endpoint: self.clone(),
             started: now,
+            failure_penalty,
             probe,
             sampled: false,
             resolved: false,
@@ -172,15 +175,17 @@ impl<A> InFlight<A> {
     }
 
     /// The endpoint could not be reached (connection refused or timed out, handshake failed):
-    /// counts a failure toward ejection and releases the guard. No round-trip sample is taken: a
-    /// fast refusal must not make a broken endpoint look attractive. `rng` draws the jitter of
-    /// the backoff, should this failure eject the endpoint.
+    /// counts a failure toward ejection and releases the guard. The time it took is not the
+    /// sample (a fast refusal must not make a broken endpoint look attractive); the configured
+    /// failure penalty is, so that peak-EWMA lifts the endpoint's estimate at once and the next
+    /// picks prefer its peers until the penalty decays, long before ejection. `rng` draws the
+    /// jitter of the backoff, should this failure eject the endpoint.
     pub fn fail(mut self, now: Instant, rng: &mut impl Rng) {
         self.resolved = true;
-        self.endpoint
-            .lock()
-            .ejection
-            .on_failure(self.probe, now, rng);
+        self.sampled = true;
+        let mut stats = self.endpoint.lock();
+        stats.rtt.record(self.failure_penalty, now);
+        stats.ejection.on_failure(self.probe, now, rng);
     }
 }
 

@@ -44,6 +44,9 @@ pub struct BalanceConfig {
     pub default_rtt: Duration,
     /// The time constant of the peak-EWMA decay (default 10 s).
     pub decay: Duration,
+    /// The round-trip sample a connect failure counts as (default 1 s): a failing endpoint loses
+    /// the power-of-two comparison at once, well before it is ejected.
+    pub failure_penalty: Duration,
     /// When to eject endpoints and for how long.
     pub ejection: EjectionPolicy,
 }
@@ -86,6 +89,7 @@ impl Default for BalanceConfig {
         Self {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
+            failure_penalty: Duration::from_secs(1),
             ejection: EjectionPolicy::default(),
         }
     }
@@ -162,7 +166,7 @@ impl<A: Clone + Eq + Hash> Balancer<A> {
             }
         };
         let (addr, endpoint) = &self.endpoints[chosen];
-        Ok(endpoint.start(addr.clone(), now))
+        Ok(endpoint.start(addr.clone(), now, self.config.failure_penalty))
     }
 
     /// Whether at least one endpoint may be picked at `now`: what a [`split`](crate::split)

@@ -115,7 +115,11 @@ fn requests_in_flight_weigh_on_the_load() {
 
     // Ten requests in flight on `busy`, none on `idle`, equal estimates.
     let held: Vec<_> = (0..10)
-        .map(|_| balancer.endpoints[0].1.start(busy, t0))
+        .map(|_| {
+            balancer.endpoints[0]
+                .1
+                .start(busy, t0, Duration::from_secs(1))
+        })
         .collect();
     assert_eq!(balancer.status(&busy, t0).unwrap().pending, 10);
 
@@ -151,7 +155,11 @@ fn a_faster_endpoint_still_loses_when_it_is_crowded() {
 
     // With two requests in flight, its load (10 ms x 3) is above the slower one's (20 ms x 1).
     let _held: Vec<_> = (0..2)
-        .map(|_| balancer.endpoints[0].1.start(crowded, now))
+        .map(|_| {
+            balancer.endpoints[0]
+                .1
+                .start(crowded, now, Duration::from_secs(1))
+        })
         .collect();
     for _ in 0..50 {
         assert_eq!(*balancer.pick(now, &mut rng).unwrap().addr(), quiet);
@@ -456,4 +464,27 @@ async fn works_under_the_paused_clock() {
         .unwrap()
         .rtt_estimate;
     assert!(rtt.abs_diff(40 * MS) < MS, "{rtt:?}");
+}
+
+#[test]
+fn a_connect_failure_makes_the_endpoint_lose_comparisons_before_ejection() {
+    let t0 = Instant::now();
+    let (good, bad) = (addr(1), addr(2));
+    let mut balancer = balancer(&[good, bad], t0);
+    let mut rng = StdRng::seed_from_u64(7);
+    // The good endpoint is slower than the default estimate (a slow handshake, say).
+    let mut first = pick_endpoint(&mut balancer, good, t0, &mut rng);
+    first.connected(t0 + Duration::from_millis(80));
+    first.finish(t0 + Duration::from_millis(80));
+    // One refusal from the other endpoint: far from ejection, but it now loses every comparison.
+    let now = t0 + Duration::from_millis(100);
+    pick_endpoint(&mut balancer, bad, now, &mut rng).fail(now, &mut rng);
+    assert_eq!(
+        balancer.status(&bad, now).map(|s| s.health),
+        Some(EndpointHealth::Active)
+    );
+    for _ in 0..100 {
+        let guard = balancer.pick(now, &mut rng).unwrap();
+        assert_eq!(*guard.addr(), good);
+    }
 }

@@ -1,6 +1,9 @@
 //! Test PKI for the proxy's meshed hops: a trust domain (root + issuer) per cluster, workload
 //! credentials, and the mesh TLS configs both proxies use.
 
+// Each test binary uses a different part of this shared support module.
+#![allow(dead_code)]
+
 use std::sync::Arc;
 
 use mesh_api::ports::{ALPN_H2, ALPN_OPAQUE};

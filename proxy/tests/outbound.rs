@@ -1,0 +1,178 @@
+//! Two proxies on loopback: an explicit outbound listener finds the service through discovery,
+//! balances over its endpoints, skips a dead one, and reaches the app through the meshed hop.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/mesh_pki.rs"]
+mod pki;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proxy::discovery::StaticDiscovery;
+use mesh_proxy::drain;
+use mesh_proxy::outbound::{OutboundConfig, OutboundTls, ServiceBalancer, serve_mapped};
+use mesh_proxy::tcp::{EventHook, InboundConfig, InboundEvent, serve_inbound};
+use mesh_trust::tls::CertResolver;
+use pki::Domain;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const SERVICE: &str = "echo.default.svc.cluster.local:7000";
+
+/// An app that echoes everything back.
+async fn echo_app() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// A port nothing listens on.
+async fn dead_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn explicit_listener_reaches_the_app_through_the_mesh_and_skips_a_dead_endpoint() {
+    let west = Domain::new("west");
+    let east = Domain::new("east");
+    let bundles = pki::bundles(&[&west, &east]);
+
+    // East: the app and its inbound proxy, which reports the identity of each caller.
+    let app_port = echo_app().await;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut inbound = InboundConfig::new(pki::inbound_tls(&bundles, east.creds("echo")));
+    inbound.events = Some(EventHook::new(move |event| {
+        let _ = events_tx.send(event);
+    }));
+    let inbound_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_port = inbound_listener.local_addr().unwrap().port();
+    let (inbound_drain, inbound_watch) = drain::channel();
+    let inbound_task = tokio::spawn(serve_inbound(inbound_listener, inbound, inbound_watch));
+
+    // Discovery: one live meshed endpoint and one dead plain-text one.
+    let dead = dead_port().await;
+    let discovery = StaticDiscovery::from_json(
+        "test.json",
+        &format!(
+            r#"{{ "{SERVICE}": {{ "endpoints": [
+                {{ "addr": "127.0.0.1:{app_port}", "identity": "{}" }},
+                {{ "addr": "127.0.0.1:{dead}" }}
+            ] }} }}"#,
+            east.id("echo")
+        ),
+    )
+    .unwrap();
+
+    // West: the outbound proxy's explicit listener for the service.
+    let config = OutboundConfig {
+        inbound_port,
+        connect_timeout: Duration::from_millis(500),
+        ..OutboundConfig::default()
+    };
+    let service = Arc::new(ServiceBalancer::new(SERVICE, &discovery, config.balance).unwrap());
+    let tls = Arc::new(OutboundTls::new(
+        bundles.clone(),
+        Arc::new(CertResolver::new(west.creds("client")).unwrap()),
+    ));
+    let outbound_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let outbound = outbound_listener.local_addr().unwrap();
+    let (outbound_drain, outbound_watch) = drain::channel();
+    let outbound_task = tokio::spawn(serve_mapped(
+        outbound_listener,
+        service.clone(),
+        tls,
+        config,
+        outbound_watch,
+    ));
+
+    // Every connection succeeds: a pick of the dead endpoint fails to connect and the next pick
+    // is tried, until the dead one is ejected and no longer picked at all.
+    for i in 0..20u32 {
+        let mut app = TcpStream::connect(outbound).await.unwrap();
+        let message = format!("hello {i}");
+        app.write_all(message.as_bytes()).await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut echoed = String::new();
+        app.read_to_string(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+
+    // The inbound side saw the caller's SPIFFE identity, and the header's app port.
+    let mut opened = 0;
+    while let Ok(event) = events.try_recv() {
+        if let InboundEvent::Opened { peer, header, .. } = event {
+            assert_eq!(peer, west.id("client"));
+            assert_eq!(header.port, app_port);
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 20, "every connection went through the meshed hop");
+
+    outbound_drain.drain().await;
+    outbound_task.await.unwrap();
+    inbound_drain.drain().await;
+    inbound_task.await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_services_and_wrong_identities_close_only_that_connection() {
+    let west = Domain::new("west");
+    let east = Domain::new("east");
+    let bundles = pki::bundles(&[&west, &east]);
+    let app_port = echo_app().await;
+    let inbound_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_port = inbound_listener.local_addr().unwrap().port();
+    let (_inbound_drain, inbound_watch) = drain::channel();
+    tokio::spawn(serve_inbound(
+        inbound_listener,
+        InboundConfig::new(pki::inbound_tls(&bundles, east.creds("echo"))),
+        inbound_watch,
+    ));
+    // Discovery claims the endpoint is "api", but its proxy presents "echo": the handshake fails.
+    let discovery = StaticDiscovery::from_json(
+        "test.json",
+        &format!(
+            r#"{{ "{SERVICE}": {{ "endpoints": [ {{ "addr": "127.0.0.1:{app_port}", "identity": "{}" }} ] }} }}"#,
+            east.id("api")
+        ),
+    )
+    .unwrap();
+    let config = OutboundConfig {
+        inbound_port,
+        resolve_timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(500),
+        ..OutboundConfig::default()
+    };
+    let tls = OutboundTls::new(
+        bundles.clone(),
+        Arc::new(CertResolver::new(west.creds("client")).unwrap()),
+    );
+
+    let wrong = ServiceBalancer::new(SERVICE, &discovery, config.balance).unwrap();
+    let err = wrong.connect(&tls, &config).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no endpoint answered after 3 attempts"),
+        "{err}"
+    );
+
+    let unknown = ServiceBalancer::new(
+        "nope.default.svc.cluster.local:80",
+        &discovery,
+        config.balance,
+    )
+    .unwrap();
+    let err = unknown.connect(&tls, &config).await.unwrap_err();
+    assert!(err.to_string().contains("is not a known service"), "{err}");
+}
