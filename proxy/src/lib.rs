@@ -16,17 +16,21 @@
 //!   destination of a redirected connection.
 //! - [`outbound`]: explicit listeners bound to one service (`--outbound-map`): discovery, the
 //!   balancer, retries on connect failure, then the meshed hop or plain TCP.
+//! - [`admin`] and [`metrics`]: the admin server (`/metrics`, `/ready`, `/live`, `/shutdown` from
+//!   loopback only) and the proxy's Prometheus metrics with bounded label cardinality.
 //! - [`drain`]: graceful shutdown.
 //!
 //! Not built yet: the outbound listener for iptables-redirected and HTTP traffic, the HTTP/2 hop
 //! (`mesh.h2`), tunnels through the gateway, tap, and the `mesh-proxy` binary (see
 //! ARCHITECTURE.md, "Data path").
 
+pub mod admin;
 pub mod balance;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod init;
+pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
 pub mod retry;
