@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_trust::ca::{self, CertificateAuthority, DEFAULT_LEAF_LIFETIME, Validity};
+use mesh_trust::ca::Validity;
 use mesh_trust::tls::{self, CertResolver, WorkloadCredentials};
-use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId, TrustBundleSet, TrustDomain};
+use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId};
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,49 +14,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub const ALPN: &[&[u8]] = &[b"mesh.opaque"];
 
-/// One cluster's PKI: a root and an issuer under it.
-pub struct Domain {
-    pub td: TrustDomain,
-    pub root: CertificateAuthority,
-    pub issuer: Arc<CertificateAuthority>,
-}
-
-impl Domain {
-    pub fn new(name: &str) -> Self {
-        let td = TrustDomain::new(name).unwrap();
-        let root = CertificateAuthority::create_root(&td, ca::DEFAULT_ROOT_LIFETIME).unwrap();
-        let issuer = Arc::new(root.create_issuer(ca::DEFAULT_ISSUER_LIFETIME).unwrap());
-        Self { td, root, issuer }
-    }
-
-    pub fn id(&self, sa: &str) -> SpiffeId {
-        self.td.workload("default", sa).unwrap()
-    }
-
-    pub fn creds(&self, sa: &str) -> WorkloadCredentials {
-        self.creds_with(&self.id(sa), Validity::starting_now(DEFAULT_LEAF_LIFETIME))
-    }
-
-    pub fn creds_with(&self, id: &SpiffeId, validity: Validity) -> WorkloadCredentials {
-        let (key, csr) = ca::generate_key_and_csr(id).unwrap();
-        let leaf = self.issuer.sign_csr(id, &csr, validity).unwrap();
-        WorkloadCredentials::new(id.clone(), leaf, key).unwrap()
-    }
-
-    pub fn bundle(&self) -> TrustBundleSet {
-        let mut set = TrustBundleSet::new();
-        set.insert(&self.td, self.root.certificate()).unwrap();
-        set
-    }
-}
-
-pub fn bundles(domains: &[&Domain]) -> SharedTrustBundles {
-    let mut set = TrustBundleSet::new();
-    for d in domains {
-        set.merge(&d.bundle());
-    }
-    SharedTrustBundles::new(set)
-}
+pub use mesh_test_support::pki::{Domain, bundles};
 
 pub fn server(
     bundles: &SharedTrustBundles,
