@@ -398,7 +398,15 @@ fn render_table(info: &CertificateInfo) -> String {
                 info.uris.join(", ")
             },
         ),
-        ("SUBJECT", info.subject.clone()),
+        // SPIFFE leaves identify by URI SAN; their subject is empty by design.
+        (
+            "SUBJECT",
+            if info.subject.is_empty() {
+                "(empty)".into()
+            } else {
+                info.subject.clone()
+            },
+        ),
         ("ISSUER", info.issuer.clone()),
         ("NOT BEFORE", x509::rfc3339(info.not_before)),
         ("NOT AFTER", not_after),
