@@ -22,6 +22,7 @@ use mesh_trust::tls::{CertResolver, TlsError};
 use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::balance::{BalanceConfig, Balancer, InFlight, PickError};
@@ -149,6 +150,8 @@ struct BalancerState {
     // The destination the balancer was last updated from, to update only on change.
     last: Option<Arc<Destination>>,
     endpoints: HashMap<SocketAddr, EndpointMeta>,
+    // Set when every ready endpoint is a tunnel: the error to give instead of "no endpoints".
+    tunnel_only: Option<EndpointMeta>,
 }
 
 /// An open upstream connection.
@@ -173,6 +176,7 @@ impl ServiceBalancer {
                 balancer: Balancer::new(config),
                 last: None,
                 endpoints: HashMap::new(),
+                tunnel_only: None,
             }),
         })
     }
@@ -183,13 +187,16 @@ impl ServiceBalancer {
         tls: &OutboundTls,
         config: &OutboundConfig,
     ) -> Result<(Upstream, InFlight<SocketAddr>), OutboundError> {
-        let destination = self.resolved(config.resolve_timeout).await?;
-        if !destination.exists {
+        let first = self.resolved(config.resolve_timeout).await?;
+        if !first.exists {
             return Err(OutboundError::NotFound(self.authority.clone()));
         }
         let mut last = None;
         let attempts = config.max_attempts.max(1);
         for _ in 0..attempts {
+            // Always the latest answer: a snapshot held across a slow attempt must not roll the
+            // balancer back to endpoints the controller has since removed.
+            let destination = self.watch.borrow().clone().unwrap_or_else(|| first.clone());
             let (mut in_flight, endpoint) = self.pick(&destination)?;
             let attempt = self.connect_endpoint(&endpoint, tls, config).await;
             let now = Instant::now();
@@ -203,10 +210,8 @@ impl ServiceBalancer {
                     in_flight.fail(now, &mut rand::rng());
                     last = Some(error);
                 }
-                Err(other) => {
-                    in_flight.fail(now, &mut rand::rng());
-                    return Err(other);
-                }
+                // A local configuration problem says nothing about the endpoint: no penalty.
+                Err(other) => return Err(other),
             }
         }
         Err(match last {
@@ -244,11 +249,36 @@ impl ServiceBalancer {
             .as_ref()
             .is_some_and(|last| Arc::ptr_eq(last, destination));
         if changed {
-            let ready: Vec<&EndpointMeta> =
-                destination.endpoints.iter().filter(|e| e.ready).collect();
+            // Tunnel endpoints need the gateway, which this proxy cannot use yet; they stay out of
+            // the balancer so that a service with local endpoints keeps working.
+            let ready: Vec<&EndpointMeta> = destination
+                .endpoints
+                .iter()
+                .filter(|e| e.ready && e.tunnel.is_none())
+                .collect();
+            state.tunnel_only = if ready.is_empty() {
+                destination
+                    .endpoints
+                    .iter()
+                    .find(|e| e.ready && e.tunnel.is_some())
+                    .cloned()
+            } else {
+                None
+            };
             state.balancer.update(ready.iter().map(|e| e.addr), now);
             state.endpoints = ready.into_iter().map(|e| (e.addr, e.clone())).collect();
             state.last = Some(destination.clone());
+        }
+        if let Some(endpoint) = &state.tunnel_only {
+            return Err(OutboundError::TunnelNotSupported {
+                authority: self.authority.clone(),
+                addr: endpoint.addr,
+                cluster: endpoint
+                    .tunnel
+                    .as_ref()
+                    .map(|t| t.cluster.clone())
+                    .unwrap_or_default(),
+            });
         }
         let in_flight = state
             .balancer
@@ -274,13 +304,6 @@ impl ServiceBalancer {
         tls: &OutboundTls,
         config: &OutboundConfig,
     ) -> Result<Upstream, OutboundError> {
-        if let Some(tunnel) = &endpoint.tunnel {
-            return Err(OutboundError::TunnelNotSupported {
-                authority: self.authority.clone(),
-                addr: endpoint.addr,
-                cluster: tunnel.cluster.clone(),
-            });
-        }
         let exhausted = |last| OutboundError::Exhausted {
             authority: self.authority.clone(),
             attempts: 1,
@@ -320,9 +343,12 @@ pub async fn serve_mapped(
 ) {
     let config = Arc::new(config);
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    // Owned here, so that dropping this future aborts every connection it started.
+    let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             () = watch.signaled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
         let (client, peer) = match accepted {
@@ -340,7 +366,7 @@ pub async fn serve_mapped(
         };
         let retain = watch.retain();
         let (service, tls, config) = (service.clone(), tls.clone(), config.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             let _retain = retain;
             if let Err(error) = proxy_connection(client, &service, &tls, &config).await {
@@ -348,6 +374,9 @@ pub async fn serve_mapped(
             }
         });
     }
+    // Draining: stop accepting, let the connections finish.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }
 
 async fn proxy_connection(

@@ -41,6 +41,8 @@ struct Controller {
     active: AtomicUsize,
     /// The target of each request.
     targets: Mutex<Vec<Option<get_destination::Target>>>,
+    /// Fail every stream right after its first answer, as a flapping controller would.
+    flap: std::sync::atomic::AtomicBool,
 }
 
 /// One run of the gRPC server; stopping it ends every stream, as a controller restart does.
@@ -91,6 +93,10 @@ impl DestinationApi for Service {
             loop {
                 let update = snapshots.borrow_and_update().clone();
                 if tx.send(Ok(update)).await.is_err() {
+                    return;
+                }
+                if controller.flap.load(Ordering::SeqCst) {
+                    let _ = tx.send(Err(Status::unavailable("flapping"))).await;
                     return;
                 }
                 tokio::select! {
@@ -464,4 +470,37 @@ async fn static_discovery_reports_a_bad_file_clearly() {
         .unwrap_err();
     assert!(matches!(missing, StaticDiscoveryError::Read { .. }));
     assert!(missing.to_string().contains("absent.json"), "{missing}");
+}
+
+#[tokio::test]
+async fn a_controller_that_answers_then_fails_is_not_reconnected_to_in_a_tight_loop() {
+    let controller = Controller::new(web(vec![endpoint("10.0.0.1:8080", "")]));
+    controller.flap.store(true, Ordering::SeqCst);
+    let server = controller.serve("127.0.0.1:0".parse().unwrap()).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect_lazy();
+    let discovery = GrpcDiscovery::new(
+        channel,
+        GrpcDiscoveryOptions {
+            caller_identity: String::new(),
+            backoff: ReconnectBackoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(400),
+            },
+        },
+    );
+    let mut rx = discovery.watch(Target::parse(WEB).unwrap());
+    until_endpoints(&mut rx, &["10.0.0.1:8080"]).await;
+    let before = controller.opened();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The backoff (20 ms doubling to 400 ms, jittered down to half) keeps growing because no
+    // stream lives long enough to count as healthy: under ten reconnects in the second. Resetting
+    // it on every answer reconnects as fast as a stream can open and fail (about 16 here).
+    let reconnects = controller.opened() - before;
+    assert!(reconnects <= 10, "{reconnects} reconnects in one second");
+    assert!(reconnects >= 3, "it must keep trying: {reconnects}");
+    // The last good answer is kept throughout.
+    assert_eq!(addrs(rx.borrow().as_ref().unwrap()), vec!["10.0.0.1:8080"]);
+    server.stop().await;
 }

@@ -175,4 +175,33 @@ async fn unknown_services_and_wrong_identities_close_only_that_connection() {
     .unwrap();
     let err = unknown.connect(&tls, &config).await.unwrap_err();
     assert!(err.to_string().contains("is not a known service"), "{err}");
+
+    // A tunnel endpoint (another cluster, through the gateway) is never picked while this proxy
+    // cannot use the gateway: a service with a local endpoint too keeps working...
+    let tunnel = format!(
+        r#"{{ "addr": "10.2.0.1:7000", "identity": "spiffe://far/ns/default/sa/echo", "cluster": "far",
+              "tunnel": {{ "cluster": "far", "authority": "{SERVICE}", "gateway": "127.0.0.1:4181",
+                           "gateway_identity": "spiffe://west/ns/mesh/sa/gateway", "remote_trust_domain": "far" }} }}"#
+    );
+    let mixed = StaticDiscovery::from_json(
+        "mixed.json",
+        &format!(
+            r#"{{ "{SERVICE}": {{ "endpoints": [ {tunnel}, {{ "addr": "127.0.0.1:{app_port}", "identity": "{}" }} ] }},
+                 "far.default.svc.cluster.local:7000": {{ "endpoints": [ {tunnel} ] }} }}"#,
+            east.id("echo")
+        ),
+    )
+    .unwrap();
+    let service = ServiceBalancer::new(SERVICE, &mixed, config.balance).unwrap();
+    for _ in 0..10 {
+        service.connect(&tls, &config).await.unwrap();
+    }
+    // ...and one with only tunnel endpoints says why it cannot connect.
+    let far =
+        ServiceBalancer::new("far.default.svc.cluster.local:7000", &mixed, config.balance).unwrap();
+    let err = far.connect(&tls, &config).await.unwrap_err();
+    assert!(
+        err.to_string().contains("reached through the gateway"),
+        "{err}"
+    );
 }

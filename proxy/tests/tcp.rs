@@ -344,6 +344,45 @@ async fn a_garbage_transport_header_costs_one_connection() {
 }
 
 #[tokio::test]
+async fn a_header_naming_one_of_the_proxys_own_ports_is_refused() {
+    // The admin port trusts loopback clients (POST /shutdown); the inbound side connects from
+    // loopback, so a meshed peer must never be spliced to it, nor to the other proxy ports.
+    let mut mesh = Mesh::start_with(App::Echo, |config| {
+        config.denied_ports.insert(9000); // an explicit outbound listener, say
+    })
+    .await;
+    for port in [4191u16, 4190, 4140, 4143, 9000] {
+        let header = MeshTransportHeader {
+            port,
+            authority: None,
+            protocol: ProtocolHint::Opaque,
+        };
+        let mut conn = connect_meshed(
+            mesh.inbound,
+            &mesh.server_id,
+            mesh.client_tls.clone(),
+            &header,
+            CONNECT_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        conn.write_all(b"POST /shutdown HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (peer, result) = mesh
+            .closed_with(|r| matches!(r, Err(InboundError::Loop { .. })))
+            .await;
+        assert_eq!(peer.as_ref(), Some(&mesh.client_id));
+        assert!(
+            matches!(result, Err(InboundError::Loop { port: p }) if p == port),
+            "port {port}"
+        );
+        assert!(read_until_closed(&mut conn).await.is_empty());
+    }
+    mesh.good_round_trip().await;
+}
+
+#[tokio::test]
 async fn a_plain_text_client_costs_one_connection() {
     let mut mesh = Mesh::start(App::Echo).await;
     let mut plain = TcpStream::connect(mesh.inbound).await.unwrap();

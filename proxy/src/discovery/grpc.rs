@@ -140,6 +140,15 @@ async fn follow(shared: &Shared, target: &Target, publisher: &Publisher) {
     }
 }
 
+/// How long a stream must have lived for its end to reset the reconnect backoff.
+const HEALTHY_STREAM: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn stream_ended(backoff: &mut Backoff, delivered: bool, opened: tokio::time::Instant) {
+    if delivered && opened.elapsed() >= HEALTHY_STREAM {
+        backoff.reset();
+    }
+}
+
 /// Opens one stream and publishes its updates until it fails or ends.
 async fn stream_once(
     shared: &Shared,
@@ -158,20 +167,25 @@ async fn stream_once(
             return;
         }
     };
+    let opened = tokio::time::Instant::now();
+    let mut delivered = false;
+    // Only a stream that delivered and then lived a while was healthy: resetting the backoff on
+    // every message would let a controller (or a balancer in front of it) that answers and then
+    // resets the stream drive every proxy into a tight reconnect loop.
     loop {
         match stream.message().await {
             Ok(Some(update)) => {
-                // Only a stream that delivers is healthy; one that fails before its first
-                // answer keeps backing off.
-                backoff.reset();
+                delivered = true;
                 publish(publisher, update);
             }
             Ok(None) => {
                 info!("the controller ended the stream; keeping the last answer");
+                stream_ended(backoff, delivered, opened);
                 return;
             }
             Err(status) => {
                 warn!(code = ?status.code(), message = status.message(), "the controller stream failed; keeping the last answer");
+                stream_ended(backoff, delivered, opened);
                 return;
             }
         }

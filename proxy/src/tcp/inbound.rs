@@ -10,6 +10,7 @@
 
 mod connection;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -49,6 +50,11 @@ pub struct InboundConfig {
     pub idle_timeout: Duration,
     /// Connections served at once, in any phase; more are closed at once.
     pub max_connections: usize,
+    /// Ports a transport header may never name: the proxy's own listeners. A meshed peer must not
+    /// reach the admin server (which trusts loopback clients), the tap, or the outbound side (which
+    /// would send its traffic on under this workload's identity). The inbound listener's own port
+    /// is always refused as well. Add every explicit outbound listener's port here.
+    pub denied_ports: BTreeSet<u16>,
     /// Told about every connection: for tests, and later for metrics.
     pub events: Option<EventHook>,
 }
@@ -112,8 +118,9 @@ pub enum InboundError {
     ReadHeader(std::io::Error),
     #[error("bad transport header: {0}")]
     TransportHeader(#[from] TransportHeaderError),
-    /// The header names the inbound listener itself; connecting would loop back into it.
-    #[error("transport header port {port} is the inbound listener's own")]
+    /// The header names one of the proxy's own ports (or the listener's address is unknown):
+    /// connecting would reach into the proxy itself, e.g. its admin server, as a loopback client.
+    #[error("transport header port {port} is one of the proxy's own ports; refused")]
     Loop { port: u16 },
     #[error("connecting to the application at {addr} failed: {source}")]
     AppConnect {
@@ -229,6 +236,12 @@ impl InboundConfig {
             app_connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(3600),
             max_connections: 10_000,
+            denied_ports: BTreeSet::from([
+                mesh_api::ports::PROXY_OUTBOUND,
+                mesh_api::ports::PROXY_INBOUND,
+                mesh_api::ports::PROXY_TAP,
+                mesh_api::ports::ADMIN,
+            ]),
             events: None,
         }
     }

@@ -82,7 +82,10 @@ pub(super) async fn serve(
         }
     };
 
-    if local.is_some_and(|local| local.port() == header.port) {
+    // Never into the proxy itself. Without the listener's own address, the loop check cannot
+    // be made, so nothing is forwarded.
+    let is_self = local.is_none_or(|local| local.port() == header.port);
+    if is_self || config.denied_ports.contains(&header.port) {
         return closed(Some(peer), InboundError::Loop { port: header.port });
     }
     let app_addr = SocketAddr::new(config.local_app_ip, header.port);
