@@ -205,3 +205,76 @@ async fn unknown_services_and_wrong_identities_close_only_that_connection() {
         "{err}"
     );
 }
+
+/// A discovery source whose answer the test replaces at will.
+struct Controlled(tokio::sync::watch::Sender<Option<Arc<mesh_proxy::discovery::Destination>>>);
+
+impl mesh_proxy::discovery::Resolve for Controlled {
+    fn watch(
+        &self,
+        _target: mesh_proxy::discovery::Target,
+    ) -> mesh_proxy::discovery::DestinationWatch {
+        self.0.subscribe()
+    }
+}
+
+fn destination(json: &str) -> Arc<mesh_proxy::discovery::Destination> {
+    StaticDiscovery::from_json("d.json", json)
+        .unwrap()
+        .get(&mesh_proxy::discovery::Target::parse(SERVICE).unwrap())
+}
+
+#[tokio::test]
+async fn a_retry_uses_the_latest_discovery_answer_not_the_one_it_started_with() {
+    let west = Domain::new("west");
+    let east = Domain::new("east");
+    let bundles = pki::bundles(&[&west, &east]);
+    let app_port = echo_app().await;
+    let inbound_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_port = inbound_listener.local_addr().unwrap().port();
+    let (_drain, watch) = drain::channel();
+    tokio::spawn(serve_inbound(
+        inbound_listener,
+        InboundConfig::new(pki::inbound_tls(&bundles, east.creds("echo"))),
+        watch,
+    ));
+    // Another loopback address, same port: it accepts TCP and never answers the handshake.
+    let stall = TcpListener::bind(("127.0.0.2", inbound_port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = stall.accept().await {
+            held.push(conn);
+        }
+    });
+    let id = east.id("echo");
+    let stalled = destination(&format!(
+        r#"{{ "{SERVICE}": {{ "endpoints": [ {{ "addr": "127.0.0.2:{app_port}", "identity": "{id}" }} ] }} }}"#
+    ));
+    let healthy = destination(&format!(
+        r#"{{ "{SERVICE}": {{ "endpoints": [ {{ "addr": "127.0.0.1:{app_port}", "identity": "{id}" }} ] }} }}"#
+    ));
+    let (answers, _) = tokio::sync::watch::channel(Some(stalled));
+    let resolve = Controlled(answers);
+    let config = OutboundConfig {
+        inbound_port,
+        connect_timeout: Duration::from_millis(300),
+        max_attempts: 3,
+        ..OutboundConfig::default()
+    };
+    let tls = OutboundTls::new(
+        bundles.clone(),
+        Arc::new(CertResolver::new(west.creds("client")).unwrap()),
+    );
+    let service = ServiceBalancer::new(SERVICE, &resolve, config.balance).unwrap();
+
+    // While the first attempt stalls, the controller replaces the endpoint.
+    let replace = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resolve.0.send_replace(Some(healthy));
+    };
+    let (connected, ()) = tokio::join!(service.connect(&tls, &config), replace);
+    let (_upstream, in_flight) = connected.unwrap();
+    assert_eq!(in_flight.addr().ip().to_string(), "127.0.0.1");
+}
