@@ -25,6 +25,7 @@
 //! ARCHITECTURE.md, "Data path").
 
 pub mod admin;
+pub mod authority;
 pub mod balance;
 pub mod detect;
 pub mod discovery;

@@ -5,6 +5,8 @@
 //! from a peer that passed mTLS, but a peer can still be buggy or compromised, so every field is
 //! checked: a port in 1..=65535 and an authority of `host:port` with a DNS name or IP address.
 
+pub use crate::authority::Authority;
+use crate::authority::InvalidAuthority;
 use bytes::BytesMut;
 use mesh_api::common::ProtocolHint;
 use mesh_api::frame::{self, FrameError};
@@ -12,8 +14,6 @@ use mesh_api::tunnel::TransportHeader;
 
 /// A transport header is a few dozen bytes; anything near this cap is not one.
 pub const MAX_TRANSPORT_HEADER_LEN: usize = 1024;
-/// RFC 1035's limit on a DNS name, plus `:65535`.
-const MAX_AUTHORITY_LEN: usize = 253 + 6;
 
 /// A checked transport header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,13 +22,6 @@ pub struct MeshTransportHeader {
     /// The authority the caller addressed, when it knew one.
     pub authority: Option<Authority>,
     pub protocol: ProtocolHint,
-}
-
-/// A `host:port` authority.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authority {
-    pub host: String,
-    pub port: u16,
 }
 
 /// Why a transport header was refused. The connection it came on is closed; nothing else is.
@@ -108,63 +101,13 @@ impl TryFrom<TransportHeader> for MeshTransportHeader {
     }
 }
 
-// === impl Authority ===
-
-impl Authority {
-    /// Parses `host:port`, where host is a DNS name, an IPv4 address or a bracketed IPv6 address.
-    pub fn parse(s: &str) -> Result<Self, TransportHeaderError> {
-        let bad = |reason| TransportHeaderError::BadAuthority {
-            authority: s.chars().take(64).collect(),
-            reason,
-        };
-        if s.len() > MAX_AUTHORITY_LEN {
-            return Err(bad("longer than a DNS name and port can be"));
-        }
-        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no :port"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| bad("the port is not a number in 1..=65535"))?;
-        if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            v6.parse::<std::net::Ipv6Addr>()
-                .map_err(|_| bad("not a valid IPv6 address in brackets"))?;
-        } else if host.parse::<std::net::Ipv4Addr>().is_err() {
-            check_dns_name(host).map_err(bad)?;
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl std::fmt::Display for Authority {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
-
-fn check_dns_name(host: &str) -> Result<(), &'static str> {
-    let name = host.strip_suffix('.').unwrap_or(host);
-    if name.is_empty() {
-        return Err("the host is empty");
-    }
-    for label in name.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err("a DNS label is empty or longer than 63 bytes");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err("a DNS label starts or ends with '-'");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err("the host has a character a DNS name cannot have");
+impl From<InvalidAuthority> for TransportHeaderError {
+    fn from(e: InvalidAuthority) -> Self {
+        Self::BadAuthority {
+            authority: e.authority,
+            reason: e.reason,
         }
     }
-    Ok(())
 }
 
 /// Fuzzing entry point: never panics, and an accepted header re-encodes to an equal one.

@@ -507,14 +507,11 @@ fn jwk_for_root(domain: &TrustDomain, der: &[u8]) -> Result<Jwk, BundleError> {
             reason: e.to_string(),
         })?;
     let spki = cert.public_key();
-    let info = x509::parse(der).map_err(|reason| BundleError::BadCertificate {
-        domain: domain.clone(),
-        reason,
-    })?;
+    let key_type = x509::spki_key_type(spki);
     let unsupported = || BundleError::UnsupportedKey {
         domain: domain.clone(),
-        fingerprint: info.fingerprint_sha256.clone(),
-        key_type: info.key_type.clone(),
+        fingerprint: x509::fingerprint_sha256(der),
+        key_type: key_type.clone(),
     };
     let mut jwk = Jwk {
         key_use: Some(USE_X509_SVID.into()),
@@ -523,7 +520,7 @@ fn jwk_for_root(domain: &TrustDomain, der: &[u8]) -> Result<Jwk, BundleError> {
     };
     match spki.parsed() {
         Ok(PublicKey::EC(point)) => {
-            let (crv, coord_len) = match info.key_type.as_str() {
+            let (crv, coord_len) = match key_type.as_str() {
                 "ECDSA P-256" => ("P-256", 32),
                 "ECDSA P-384" => ("P-384", 48),
                 "ECDSA P-521" => ("P-521", 66),

@@ -207,17 +207,10 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(CaError::Signing)?;
-        let chain = if self.is_root {
-            Vec::new()
-        } else {
-            std::iter::once(self.certificate.clone())
-                .chain(self.chain.iter().cloned())
-                .collect()
-        };
         Ok(Self {
             trust_domain: self.trust_domain.clone(),
             certificate: cert.der().clone(),
-            chain,
+            chain: self.chain_for_children(),
             issuer: Issuer::new(params, key),
             validity,
             is_root: false,
@@ -351,18 +344,22 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(CaError::Signing)?;
-        let intermediates = if self.is_root {
-            Vec::new()
-        } else {
-            std::iter::once(self.certificate.clone())
-                .chain(self.chain.iter().cloned())
-                .collect()
-        };
         Ok(IssuedLeaf {
             leaf: cert.der().clone(),
-            intermediates,
+            intermediates: self.chain_for_children(),
             validity,
         })
+    }
+
+    // What a certificate this CA signs presents above itself: this CA and the chain above it,
+    // never the root (peers have the root in their bundle).
+    fn chain_for_children(&self) -> Vec<CertificateDer<'static>> {
+        if self.is_root {
+            return Vec::new();
+        }
+        std::iter::once(self.certificate.clone())
+            .chain(self.chain.iter().cloned())
+            .collect()
     }
 
     // A certificate cannot usefully outlive the CA that signed it, so its end is cut to the CA's.

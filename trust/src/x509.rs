@@ -62,17 +62,7 @@ pub fn parse(der: &[u8]) -> Result<CertificateInfo, String> {
             rest.len()
         ));
     }
-    let mut uris = Vec::new();
-    let mut dns_names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::URI(uri) => uris.push((*uri).to_owned()),
-                GeneralName::DNSName(dns) => dns_names.push((*dns).to_owned()),
-                _ => {}
-            }
-        }
-    }
+    let (uris, dns_names) = sans(&cert);
     let spiffe_ids = uris
         .iter()
         .filter_map(|u| SpiffeId::parse(u).ok())
@@ -84,17 +74,7 @@ pub fn parse(der: &[u8]) -> Result<CertificateInfo, String> {
     let not_before = to_system_time(cert.validity().not_before.timestamp());
     let not_after = to_system_time(cert.validity().not_after.timestamp());
     let spki = cert.public_key();
-    let key_oid = spki.algorithm.algorithm.to_id_string();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|oid| oid.to_id_string());
-    let mut key_type = key_type_name(&key_oid, curve.as_deref());
-    if let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() {
-        key_type = format!("RSA {}", rsa.key_size());
-    }
+    let key_type = spki_key_type(spki);
     Ok(CertificateInfo {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
@@ -127,15 +107,38 @@ pub fn is_self_signed(der: &[u8]) -> bool {
 /// Only the URI SANs of a certificate: what a handshake needs, without the rest of [`parse`].
 pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    Ok(sans(&cert).0)
+}
+
+/// The URI and DNS names of a certificate's subjectAltName.
+fn sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
     let mut uris = Vec::new();
+    let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                uris.push((*uri).to_owned());
+            match name {
+                GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+                GeneralName::DNSName(dns) => dns_names.push((*dns).to_owned()),
+                _ => {}
             }
         }
     }
-    Ok(uris)
+    (uris, dns_names)
+}
+
+/// A readable key type of a SubjectPublicKeyInfo: "ECDSA P-256", "RSA 2048", ...
+pub(crate) fn spki_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> String {
+    if let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() {
+        return format!("RSA {}", rsa.key_size());
+    }
+    let key_oid = spki.algorithm.algorithm.to_id_string();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|oid| oid.to_id_string());
+    key_type_name(&key_oid, curve.as_deref())
 }
 
 /// SHA-256 of `der`, lower-case hex with colons (as `openssl x509 -fingerprint -sha256` prints).

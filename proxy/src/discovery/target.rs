@@ -39,24 +39,11 @@ impl Target {
         if let Ok(addr) = input.parse::<SocketAddr>() {
             return Ok(Self::from(addr));
         }
-        let invalid = |reason| InvalidTarget {
+        // The same authority rules as everywhere else in the proxy.
+        crate::authority::Authority::parse(input).map_err(|e| InvalidTarget {
             input: input.to_owned(),
-            reason,
-        };
-        let (host, port) = input.rsplit_once(':').ok_or_else(|| invalid("no port"))?;
-        if host.is_empty() {
-            return Err(invalid("empty host"));
-        }
-        if host
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '[' | ']' | ':'))
-        {
-            return Err(invalid("host has a character a DNS name cannot have"));
-        }
-        match port.parse::<u16>() {
-            Ok(0) | Err(_) => return Err(invalid("port is not in 1..=65535")),
-            Ok(_) => {}
-        }
+            reason: e.reason,
+        })?;
         // DNS names are case-insensitive; one spelling keeps one stream per service.
         Ok(Self::Authority(input.to_ascii_lowercase()))
     }
