@@ -140,6 +140,8 @@ impl OutboundTls {
 #[derive(Debug)]
 pub struct ServiceBalancer {
     authority: String,
+    // Parsed once for the transport header of every meshed connection.
+    header_authority: Option<Authority>,
     watch: DestinationWatch,
     state: Mutex<BalancerState>,
 }
@@ -150,8 +152,6 @@ struct BalancerState {
     // The destination the balancer was last updated from, to update only on change.
     last: Option<Arc<Destination>>,
     endpoints: HashMap<SocketAddr, EndpointMeta>,
-    // Set when every ready endpoint is a tunnel: the error to give instead of "no endpoints".
-    tunnel_only: Option<EndpointMeta>,
 }
 
 /// An open upstream connection.
@@ -171,12 +171,12 @@ impl ServiceBalancer {
         let target = Target::parse(authority).map_err(|e| e.to_string())?;
         Ok(Self {
             authority: authority.to_owned(),
+            header_authority: Authority::parse(authority).ok(),
             watch: resolve.watch(target),
             state: Mutex::new(BalancerState {
                 balancer: Balancer::new(config),
                 last: None,
                 endpoints: HashMap::new(),
-                tunnel_only: None,
             }),
         })
     }
@@ -191,40 +191,35 @@ impl ServiceBalancer {
         if !first.exists {
             return Err(OutboundError::NotFound(self.authority.clone()));
         }
-        let mut last = None;
         let attempts = config.max_attempts.max(1);
-        for _ in 0..attempts {
+        let mut attempt = 1;
+        loop {
             // Always the latest answer: a snapshot held across a slow attempt must not roll the
             // balancer back to endpoints the controller has since removed.
             let destination = self.watch.borrow().clone().unwrap_or_else(|| first.clone());
             let (mut in_flight, endpoint) = self.pick(&destination)?;
-            let attempt = self.connect_endpoint(&endpoint, tls, config).await;
+            // `?`: a local configuration problem says nothing about the endpoint, so no penalty.
+            let attempted = self.connect_endpoint(&endpoint, tls, config).await?;
             let now = Instant::now();
-            match attempt {
+            match attempted {
                 Ok(upstream) => {
                     in_flight.connected(now);
                     return Ok((upstream, in_flight));
                 }
-                Err(OutboundError::Exhausted { last: error, .. }) => {
-                    tracing::debug!(authority = %self.authority, endpoint = %endpoint.addr, %error, "connect failed; trying another endpoint");
+                Err(error) => {
+                    tracing::debug!(authority = %self.authority, endpoint = %endpoint.addr, %error, "connect failed");
                     in_flight.fail(now, &mut rand::rng());
-                    last = Some(error);
+                    if attempt == attempts {
+                        return Err(OutboundError::Exhausted {
+                            authority: self.authority.clone(),
+                            attempts,
+                            last: Box::new(error),
+                        });
+                    }
+                    attempt += 1;
                 }
-                // A local configuration problem says nothing about the endpoint: no penalty.
-                Err(other) => return Err(other),
             }
         }
-        Err(match last {
-            Some(last) => OutboundError::Exhausted {
-                authority: self.authority.clone(),
-                attempts,
-                last,
-            },
-            None => OutboundError::NoEndpoint {
-                authority: self.authority.clone(),
-                source: PickError::NoEndpoints,
-            },
-        })
     }
 
     async fn resolved(&self, timeout: Duration) -> Result<Arc<Destination>, OutboundError> {
@@ -256,37 +251,14 @@ impl ServiceBalancer {
                 .iter()
                 .filter(|e| e.ready && e.tunnel.is_none())
                 .collect();
-            state.tunnel_only = if ready.is_empty() {
-                destination
-                    .endpoints
-                    .iter()
-                    .find(|e| e.ready && e.tunnel.is_some())
-                    .cloned()
-            } else {
-                None
-            };
             state.balancer.update(ready.iter().map(|e| e.addr), now);
             state.endpoints = ready.into_iter().map(|e| (e.addr, e.clone())).collect();
             state.last = Some(destination.clone());
         }
-        if let Some(endpoint) = &state.tunnel_only {
-            return Err(OutboundError::TunnelNotSupported {
-                authority: self.authority.clone(),
-                addr: endpoint.addr,
-                cluster: endpoint
-                    .tunnel
-                    .as_ref()
-                    .map(|t| t.cluster.clone())
-                    .unwrap_or_default(),
-            });
-        }
-        let in_flight = state
-            .balancer
-            .pick(now, &mut rand::rng())
-            .map_err(|source| OutboundError::NoEndpoint {
-                authority: self.authority.clone(),
-                source,
-            })?;
+        let in_flight = match state.balancer.pick(now, &mut rand::rng()) {
+            Ok(in_flight) => in_flight,
+            Err(source) => return Err(self.no_endpoint(destination, source)),
+        };
         let endpoint = state
             .endpoints
             .get(in_flight.addr())
@@ -298,37 +270,51 @@ impl ServiceBalancer {
         Ok((in_flight, endpoint))
     }
 
+    // Nothing to pick. If the service does have ready endpoints, all behind the gateway, say so
+    // rather than "no endpoints".
+    fn no_endpoint(&self, destination: &Destination, source: PickError) -> OutboundError {
+        let tunnelled = destination
+            .endpoints
+            .iter()
+            .find_map(|e| Some((e, e.tunnel.as_ref()?)).filter(|(e, _)| e.ready));
+        match tunnelled {
+            Some((endpoint, tunnel)) => OutboundError::TunnelNotSupported {
+                authority: self.authority.clone(),
+                addr: endpoint.addr,
+                cluster: tunnel.cluster.clone(),
+            },
+            None => OutboundError::NoEndpoint {
+                authority: self.authority.clone(),
+                source,
+            },
+        }
+    }
+
+    /// The outer error is local (TLS configuration); the inner one is the endpoint's failure.
     async fn connect_endpoint(
         &self,
         endpoint: &EndpointMeta,
         tls: &OutboundTls,
         config: &OutboundConfig,
-    ) -> Result<Upstream, OutboundError> {
-        let exhausted = |last| OutboundError::Exhausted {
-            authority: self.authority.clone(),
-            attempts: 1,
-            last: Box::new(last),
-        };
-        match &endpoint.identity {
+    ) -> Result<Result<Upstream, HopError>, OutboundError> {
+        Ok(match &endpoint.identity {
             Some(identity) => {
                 let client = tls.config_for(identity)?;
                 // The endpoint's proxy listens on the inbound port; the header names the app's.
                 let proxy = SocketAddr::new(endpoint.addr.ip(), config.inbound_port);
                 let header = MeshTransportHeader {
                     port: endpoint.addr.port(),
-                    authority: Authority::parse(&self.authority).ok(),
+                    authority: self.header_authority.clone(),
                     protocol: ProtocolHint::Opaque,
                 };
                 tcp::connect_meshed(proxy, identity, client, &header, config.connect_timeout)
                     .await
                     .map(|s| Upstream::Meshed(Box::new(s)))
-                    .map_err(exhausted)
             }
             None => tcp::connect_plain(endpoint.addr, config.connect_timeout)
                 .await
-                .map(Upstream::Plain)
-                .map_err(exhausted),
-        }
+                .map(Upstream::Plain),
+        })
     }
 }
 
