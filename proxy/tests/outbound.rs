@@ -36,6 +36,55 @@ async fn echo_app() -> u16 {
     port
 }
 
+/// East's echo app behind its inbound proxy, and what a west client needs to reach it.
+struct Clusters {
+    west: Domain,
+    east: Domain,
+    bundles: mesh_trust::SharedTrustBundles,
+    app_port: u16,
+    inbound_port: u16,
+    inbound_drain: drain::Drain,
+    inbound_task: tokio::task::JoinHandle<()>,
+}
+
+impl Clusters {
+    /// `events`, when given, is told about every inbound connection.
+    async fn start(events: Option<EventHook>) -> Self {
+        let west = Domain::new("west");
+        let east = Domain::new("east");
+        let bundles = pki::bundles(&[&west, &east]);
+        let app_port = echo_app().await;
+        let mut inbound = InboundConfig::new(pki::inbound_tls(&bundles, east.creds("echo")));
+        inbound.events = events;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inbound_port = listener.local_addr().unwrap().port();
+        let (inbound_drain, watch) = drain::channel();
+        let inbound_task = tokio::spawn(serve_inbound(listener, inbound, watch));
+        Self {
+            west,
+            east,
+            bundles,
+            app_port,
+            inbound_port,
+            inbound_drain,
+            inbound_task,
+        }
+    }
+
+    /// The west proxy's client TLS, as workload `client`.
+    fn west_tls(&self) -> OutboundTls {
+        OutboundTls::new(
+            self.bundles.clone(),
+            Arc::new(CertResolver::new(self.west.creds("client")).unwrap()),
+        )
+    }
+
+    async fn stop(self) {
+        self.inbound_drain.drain().await;
+        self.inbound_task.await.unwrap();
+    }
+}
+
 /// A port nothing listens on.
 async fn dead_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -44,21 +93,13 @@ async fn dead_port() -> u16 {
 
 #[tokio::test]
 async fn explicit_listener_reaches_the_app_through_the_mesh_and_skips_a_dead_endpoint() {
-    let west = Domain::new("west");
-    let east = Domain::new("east");
-    let bundles = pki::bundles(&[&west, &east]);
-
     // East: the app and its inbound proxy, which reports the identity of each caller.
-    let app_port = echo_app().await;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut inbound = InboundConfig::new(pki::inbound_tls(&bundles, east.creds("echo")));
-    inbound.events = Some(EventHook::new(move |event| {
+    let clusters = Clusters::start(Some(EventHook::new(move |event| {
         let _ = events_tx.send(event);
-    }));
-    let inbound_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound_port = inbound_listener.local_addr().unwrap().port();
-    let (inbound_drain, inbound_watch) = drain::channel();
-    let inbound_task = tokio::spawn(serve_inbound(inbound_listener, inbound, inbound_watch));
+    })))
+    .await;
+    let (east, app_port, inbound_port) = (&clusters.east, clusters.app_port, clusters.inbound_port);
 
     // Discovery: one live meshed endpoint and one dead plain-text one.
     let dead = dead_port().await;
@@ -81,10 +122,7 @@ async fn explicit_listener_reaches_the_app_through_the_mesh_and_skips_a_dead_end
         ..OutboundConfig::default()
     };
     let service = Arc::new(ServiceBalancer::new(SERVICE, &discovery, config.balance).unwrap());
-    let tls = Arc::new(OutboundTls::new(
-        bundles.clone(),
-        Arc::new(CertResolver::new(west.creds("client")).unwrap()),
-    ));
+    let tls = Arc::new(clusters.west_tls());
     let outbound_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let outbound = outbound_listener.local_addr().unwrap();
     let (outbound_drain, outbound_watch) = drain::channel();
@@ -112,7 +150,7 @@ async fn explicit_listener_reaches_the_app_through_the_mesh_and_skips_a_dead_end
     let mut opened = 0;
     while let Ok(event) = events.try_recv() {
         if let InboundEvent::Opened { peer, header, .. } = event {
-            assert_eq!(peer, west.id("client"));
+            assert_eq!(peer, clusters.west.id("client"));
             assert_eq!(header.port, app_port);
             opened += 1;
         }
@@ -121,24 +159,13 @@ async fn explicit_listener_reaches_the_app_through_the_mesh_and_skips_a_dead_end
 
     outbound_drain.drain().await;
     outbound_task.await.unwrap();
-    inbound_drain.drain().await;
-    inbound_task.await.unwrap();
+    clusters.stop().await;
 }
 
 #[tokio::test]
 async fn unknown_services_and_wrong_identities_close_only_that_connection() {
-    let west = Domain::new("west");
-    let east = Domain::new("east");
-    let bundles = pki::bundles(&[&west, &east]);
-    let app_port = echo_app().await;
-    let inbound_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound_port = inbound_listener.local_addr().unwrap().port();
-    let (_inbound_drain, inbound_watch) = drain::channel();
-    tokio::spawn(serve_inbound(
-        inbound_listener,
-        InboundConfig::new(pki::inbound_tls(&bundles, east.creds("echo"))),
-        inbound_watch,
-    ));
+    let clusters = Clusters::start(None).await;
+    let (east, app_port, inbound_port) = (&clusters.east, clusters.app_port, clusters.inbound_port);
     // Discovery claims the endpoint is "api", but its proxy presents "echo": the handshake fails.
     let discovery = StaticDiscovery::from_json(
         "test.json",
@@ -154,10 +181,7 @@ async fn unknown_services_and_wrong_identities_close_only_that_connection() {
         connect_timeout: Duration::from_millis(500),
         ..OutboundConfig::default()
     };
-    let tls = OutboundTls::new(
-        bundles.clone(),
-        Arc::new(CertResolver::new(west.creds("client")).unwrap()),
-    );
+    let tls = clusters.west_tls();
 
     let wrong = ServiceBalancer::new(SERVICE, &discovery, config.balance).unwrap();
     let err = wrong.connect(&tls, &config).await.unwrap_err();
@@ -226,18 +250,8 @@ fn destination(json: &str) -> Arc<mesh_proxy::discovery::Destination> {
 
 #[tokio::test]
 async fn a_retry_uses_the_latest_discovery_answer_not_the_one_it_started_with() {
-    let west = Domain::new("west");
-    let east = Domain::new("east");
-    let bundles = pki::bundles(&[&west, &east]);
-    let app_port = echo_app().await;
-    let inbound_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inbound_port = inbound_listener.local_addr().unwrap().port();
-    let (_drain, watch) = drain::channel();
-    tokio::spawn(serve_inbound(
-        inbound_listener,
-        InboundConfig::new(pki::inbound_tls(&bundles, east.creds("echo"))),
-        watch,
-    ));
+    let clusters = Clusters::start(None).await;
+    let (east, app_port, inbound_port) = (&clusters.east, clusters.app_port, clusters.inbound_port);
     // Another loopback address, same port: it accepts TCP and never answers the handshake.
     let stall = TcpListener::bind(("127.0.0.2", inbound_port))
         .await
@@ -263,10 +277,7 @@ async fn a_retry_uses_the_latest_discovery_answer_not_the_one_it_started_with() 
         max_attempts: 3,
         ..OutboundConfig::default()
     };
-    let tls = OutboundTls::new(
-        bundles.clone(),
-        Arc::new(CertResolver::new(west.creds("client")).unwrap()),
-    );
+    let tls = clusters.west_tls();
     let service = ServiceBalancer::new(SERVICE, &resolve, config.balance).unwrap();
 
     // While the first attempt stalls, the controller replaces the endpoint.
