@@ -20,5 +20,7 @@ mod replay;
 mod splice;
 
 pub use self::inbound::{EventHook, InboundConfig, InboundError, InboundEvent, serve_inbound};
-pub use self::outbound::{HopError, HopStage, connect_meshed, connect_plain};
+pub use self::outbound::{
+    HopError, HopStage, connect_meshed, connect_meshed_alpn, connect_plain, handshake_meshed,
+};
 pub use self::splice::{Direction, SPLICE_BUFFER_SIZE, SpliceError, Transferred, splice};

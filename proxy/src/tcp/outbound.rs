@@ -16,7 +16,7 @@ use mesh_api::ports::ALPN_OPAQUE;
 use mesh_trust::SpiffeId;
 use mesh_trust::tls::connection_peer_identity;
 use rustls_pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
@@ -43,10 +43,11 @@ pub enum HopError {
         source: io::Error,
     },
     /// The peer speaks mesh TLS but chose another protocol (or none): it would not expect a
-    /// transport header and opaque bytes.
-    #[error("hop to {addr}: negotiated ALPN {}, not mesh.opaque", alpn_name(.negotiated))]
+    /// transport header and what follows it.
+    #[error("hop to {addr}: negotiated ALPN {}, not {}", alpn_name(.negotiated), String::from_utf8_lossy(.expected))]
     Alpn {
         addr: SocketAddr,
+        expected: &'static [u8],
         negotiated: Option<Vec<u8>>,
     },
     /// The TLS config's verifier let through a peer other than `expected`: the config was built
@@ -89,27 +90,62 @@ pub async fn connect_meshed(
     header: &MeshTransportHeader,
     timeout: Duration,
 ) -> Result<TlsStream<TcpStream>, HopError> {
+    connect_meshed_alpn(addr, expected, tls, ALPN_OPAQUE, header, timeout).await
+}
+
+/// [`connect_meshed`] for any mesh ALPN: `mesh.opaque`, or `mesh.h2` for the HTTP hop. `tls`
+/// must offer `alpn`; a peer that negotiates anything else is refused.
+pub async fn connect_meshed_alpn(
+    addr: SocketAddr,
+    expected: &SpiffeId,
+    tls: Arc<rustls::ClientConfig>,
+    alpn: &'static [u8],
+    header: &MeshTransportHeader,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, HopError> {
+    let deadline = Instant::now() + timeout;
+    let tcp = timeout_at(deadline, connect_tcp(addr))
+        .await
+        .map_err(|_| HopError::Timeout {
+            addr,
+            stage: HopStage::Connect,
+            timeout,
+        })??;
+    handshake_meshed(tcp, addr, expected, tls, alpn, header, deadline).await
+}
+
+/// The meshed hop over an already open byte stream `io` (a TCP connection, or a tunnel through
+/// the gateway): mutual TLS requiring `expected` with ALPN `alpn`, then the transport header, all
+/// before `deadline`. `addr` names the peer in errors.
+pub async fn handshake_meshed<IO>(
+    io: IO,
+    addr: SocketAddr,
+    expected: &SpiffeId,
+    tls: Arc<rustls::ClientConfig>,
+    alpn: &'static [u8],
+    header: &MeshTransportHeader,
+    deadline: Instant,
+) -> Result<TlsStream<IO>, HopError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     // Encoded first: a header that cannot be sent should not cost a handshake.
     let mut frame = BytesMut::new();
     header
         .encode(&mut frame)
         .map_err(|source| HopError::Header { addr, source })?;
 
-    let deadline = Instant::now() + timeout;
+    let timeout = deadline.saturating_duration_since(Instant::now());
     let timed_out = |stage| HopError::Timeout {
         addr,
         stage,
         timeout,
     };
 
-    let tcp = timeout_at(deadline, connect_tcp(addr))
-        .await
-        .map_err(|_| timed_out(HopStage::Connect))??;
-
     // The mesh verifier checks the SPIFFE ID, not the name. An IP address keeps SNI out of the
     // ClientHello: there is no name worth telling on-path observers.
     let name = ServerName::IpAddress(addr.ip().into());
-    let mut tls = timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
+    let mut tls = timeout_at(deadline, TlsConnector::from(tls).connect(name, io))
         .await
         .map_err(|_| timed_out(HopStage::Handshake))?
         .map_err(|source| HopError::Handshake {
@@ -120,9 +156,10 @@ pub async fn connect_meshed(
 
     let session = tls.get_ref().1;
     let negotiated = session.alpn_protocol();
-    if negotiated != Some(ALPN_OPAQUE) {
+    if negotiated != Some(alpn) {
         return Err(HopError::Alpn {
             addr,
+            expected: alpn,
             negotiated: negotiated.map(<[u8]>::to_vec),
         });
     }

@@ -98,12 +98,12 @@ pub enum OutboundError {
     },
 }
 
-/// Client TLS for the meshed hop: one config per expected peer identity, built once.
+/// Client TLS for the meshed hop: one config per expected peer identity and ALPN, built once.
 #[derive(Debug)]
 pub struct OutboundTls {
     bundles: SharedTrustBundles,
     certs: Arc<CertResolver>,
-    configs: Mutex<HashMap<SpiffeId, Arc<rustls::ClientConfig>>>,
+    configs: Mutex<HashMap<(SpiffeId, &'static [u8]), Arc<rustls::ClientConfig>>>,
 }
 
 impl OutboundTls {
@@ -115,23 +115,30 @@ impl OutboundTls {
         }
     }
 
-    fn config_for(&self, identity: &SpiffeId) -> Result<Arc<rustls::ClientConfig>, OutboundError> {
+    /// The client config that requires exactly `identity` and offers only `alpn`
+    /// (`mesh.opaque`, `mesh.h2` or, towards a gateway, `mesh.tunnel`).
+    pub fn config_for(
+        &self,
+        identity: &SpiffeId,
+        alpn: &'static [u8],
+    ) -> Result<Arc<rustls::ClientConfig>, OutboundError> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(config) = configs.get(identity) {
+        let key = (identity.clone(), alpn);
+        if let Some(config) = configs.get(&key) {
             return Ok(config.clone());
         }
         let config = mesh_trust::tls::client_config(
             self.bundles.clone(),
             PeerPolicy::Exactly(identity.clone()),
             Some(self.certs.clone()),
-            &[mesh_api::ports::ALPN_OPAQUE],
+            &[alpn],
         )
         .map(Arc::new)
         .map_err(|source| OutboundError::Tls {
             identity: identity.clone(),
             source,
         })?;
-        configs.insert(identity.clone(), config.clone());
+        configs.insert(key, config.clone());
         Ok(config)
     }
 }
@@ -299,7 +306,7 @@ impl ServiceBalancer {
     ) -> Result<Result<Upstream, HopError>, OutboundError> {
         Ok(match &endpoint.identity {
             Some(identity) => {
-                let client = tls.config_for(identity)?;
+                let client = tls.config_for(identity, mesh_api::ports::ALPN_OPAQUE)?;
                 // The endpoint's proxy listens on the inbound port; the header names the app's.
                 let proxy = SocketAddr::new(endpoint.addr.ip(), config.inbound_port);
                 let header = MeshTransportHeader {

@@ -1,0 +1,23 @@
+//! HTTP on the data path: the `mesh.h2` hop between proxies, and the application's side of it.
+//!
+//! - [`client`]: the outbound end of the hop: one pooled, multiplexed HTTP/2 connection per
+//!   endpoint, over mTLS with ALPN `mesh.h2`; HTTP/1 requests ride on it as HTTP/2 and say which
+//!   version they were, `Upgrade` requests (WebSocket) ride as extended CONNECT streams.
+//! - [`inbound`]: the inbound end: serves a `mesh.h2` connection and turns each request back into
+//!   what the caller sent (HTTP/1.x with its Host, or HTTP/2) towards the local application.
+//! - [`app`]: a client that sends requests to one fixed address in their own protocol version,
+//!   pooled; used towards the local application and towards endpoints without an identity.
+//! - [`orig_proto`]: the header conventions that carry an HTTP/1 request's version across the hop.
+
+pub mod app;
+pub mod client;
+pub mod inbound;
+pub mod orig_proto;
+
+use bytes::Bytes;
+
+/// Errors inside bodies and services on the HTTP path.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type the proxy moves requests and responses in.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
