@@ -25,6 +25,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+mod listener;
+
+pub use listener::{OutboundContext, serve_outbound};
+
 use crate::balance::{BalanceConfig, Balancer, InFlight, PickError};
 use crate::discovery::{Destination, DestinationWatch, EndpointMeta, Resolve, Target};
 use crate::drain;

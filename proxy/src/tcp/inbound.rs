@@ -25,6 +25,8 @@ use tracing::Instrument;
 use super::splice::{SpliceError, Transferred};
 use crate::detect::{Protocol, Refusal};
 use crate::drain;
+use crate::metrics::ProxyMetrics;
+use crate::tap::Tap;
 use crate::transport_header::{MeshTransportHeader, TransportHeaderError};
 
 /// After a failed `accept` (out of file descriptors, say), wait this long before the next one,
@@ -57,6 +59,10 @@ pub struct InboundConfig {
     pub denied_ports: BTreeSet<u16>,
     /// Told about every connection: for tests, and later for metrics.
     pub events: Option<EventHook>,
+    /// Where connections and requests are counted; `None` counts nothing.
+    pub metrics: Option<ProxyMetrics>,
+    /// Where finished requests are published for `mesh tap`; `None` publishes nothing.
+    pub tap: Option<Tap>,
 }
 
 /// A callback told about inbound connections. It runs on the connection's task, so it must be
@@ -243,6 +249,8 @@ impl InboundConfig {
                 mesh_api::ports::ADMIN,
             ]),
             events: None,
+            metrics: None,
+            tap: None,
         }
     }
 
