@@ -377,6 +377,29 @@ async fn an_endpoint_outside_the_remote_domain_is_refused_before_any_byte() {
 }
 
 #[tokio::test]
+async fn the_inner_handshake_requires_exactly_the_reported_endpoint() {
+    let mut mesh = Mesh::start().await;
+    // The gateway names another east workload than the one it relays to (east's echo proxy).
+    let reported = mesh.east.id("web");
+    let mut gateway = mesh.relaying_gateway(&reported).await;
+    let error = mesh.refused(&gateway, TIMEOUT).await;
+    assert!(
+        matches!(&error.kind, TunnelErrorKind::Inner { endpoint, source } if *endpoint == reported && matches!(**source, HopError::Handshake { .. })),
+        "{error:?}"
+    );
+    assert_eq!(error.fault(), Fault::RemoteEndpoint);
+
+    // The inner ClientHello went through, and nothing else reached the application.
+    let seen = gateway.seen().await;
+    assert_eq!(seen.from_caller.first(), Some(&0x16), "not a TLS handshake");
+    let InboundEvent::Closed { peer, result, .. } = mesh.event().await else {
+        panic!("expected the inbound connection to close without opening");
+    };
+    assert_eq!(peer, None);
+    assert!(result.is_err());
+}
+
+#[tokio::test]
 async fn a_gateway_without_the_expected_identity_is_refused() {
     let mesh = Mesh::start().await;
     let imposters = [
