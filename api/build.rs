@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 const PROTO_ROOT: &str = "proto";
 const COMMON: &str = "proto/mesh/common.proto";
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "proto/mesh/identity.proto",
     "proto/mesh/discovery.proto",
     "proto/mesh/tunnel.proto",
+    "proto/mesh/tap.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

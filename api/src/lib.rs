@@ -1,6 +1,6 @@
 //! mesh-api: the contracts between the mesh's parts.
 //!
-//! - [`common`], [`identity`], [`discovery`], [`tunnel`]: the protobuf messages and gRPC services
+//! - [`common`], [`identity`], [`discovery`], [`tunnel`], [`tap`]: the protobuf messages and gRPC services
 //!   generated from `proto/mesh/*.proto`, one module per `v1` package.
 //! - [`frame`]: the length-delimited codec that carries tunnel frames on a byte stream.
 //! - [`crd`]: the Kubernetes custom resources (`Link`, `TrafficSplit`).
@@ -47,6 +47,12 @@ pub mod tunnel {
     tonic::include_proto!("mesh.tunnel.v1");
 }
 
+/// Tap: a live stream of request metadata from one proxy, for operators (`mesh.tap.v1`).
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, rustdoc::all)]
+pub mod tap {
+    tonic::include_proto!("mesh.tap.v1");
+}
+
 #[cfg(test)]
 mod tests {
     // Other crates name these paths; this test breaks the build here first if codegen moves them.
@@ -76,6 +82,14 @@ mod tests {
             type_name::<crate::tunnel::Probe>(),
             type_name::<crate::tunnel::ProbeResponse>(),
             type_name::<crate::tunnel::TransportHeader>(),
+            type_name::<crate::tap::ObserveRequest>(),
+            type_name::<crate::tap::TapEvent>(),
+            type_name::<crate::tap::tap_event::Kind>(),
+            type_name::<crate::tap::RequestEvent>(),
+            type_name::<crate::tap::EventsLost>(),
+            type_name::<crate::tap::Direction>(),
+            type_name::<crate::tap::tap_client::TapClient<tonic::transport::Channel>>(),
+            type_name::<crate::tap::tap_server::TapServer<()>>(),
         ];
         assert!(
             names

@@ -1,9 +1,28 @@
-//! Tap: live request events, as they happen, for operators.
+//! Tap: live request events, as they happen, for operators (`mesh tap`).
 //!
 //! The data path publishes one [`RequestEvent`] per HTTP request it finishes (method, authority,
 //! path, status, latency, identities; never bodies, never headers) to a [`Tap`]. Publishing costs
-//! one atomic load when nobody is watching. Watchers subscribe through the gRPC service served on
-//! the tap port and get the events that match their filter.
+//! one atomic load when nobody is watching. Watchers call `mesh.tap.v1.Tap/Observe` on the tap
+//! port and get the events that match their filter:
+//!
+//! - [`filter`]: the validated filter ([`TapFilter`]) and what makes a request invalid.
+//! - [`convert`]: [`RequestEvent`] to the protobuf messages watchers receive.
+//! - [`service`]: the gRPC service ([`TapService`]); each call is an [`Observation`] stream.
+//! - [`server`]: [`serve`], the tap port with its limits and drain.
+//! - [`client`]: [`observe`], the watcher's side.
+//!
+//! # Security
+//!
+//! The tap shows who calls whom, on which paths, with which identities, to whoever can reach its
+//! port, and it has no authentication of its own. The proxy binary therefore binds it to
+//! [`DEFAULT_TAP_ADDR`] (`127.0.0.1:4190`): only processes in the pod's network namespace reach it,
+//! and an operator reaches it with `kubectl port-forward pod/<pod> 4190`, which Kubernetes RBAC
+//! already guards. The port is also excluded from the inbound redirect, so meshed traffic never
+//! lands on it. Events never carry bodies or headers, and paths are published without their
+//! query strings, which often hold tokens (the conversion cuts a query a publisher left, as a
+//! second line of defence). Binding the tap to another address exposes this metadata to every
+//! client that can reach it; the watcher cap and connection cap bound what such clients cost, not
+//! what they see.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +32,17 @@ use mesh_trust::SpiffeId;
 use tokio::sync::broadcast;
 
 use crate::metrics::Direction;
+
+pub mod client;
+pub mod convert;
+pub mod filter;
+pub mod server;
+pub mod service;
+
+pub use client::{ObserveError, observe};
+pub use filter::{InvalidFilter, TapFilter};
+pub use server::{DEFAULT_TAP_ADDR, TapServerConfig, serve};
+pub use service::{Observation, TapService};
 
 /// Events buffered per watcher; a watcher that falls further behind loses the oldest ones.
 pub const DEFAULT_TAP_CAPACITY: usize = 1024;
