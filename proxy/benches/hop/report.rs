@@ -157,7 +157,7 @@ impl Report {
     pub fn render(&self) -> String {
         let tables = self.tables();
         let mut out = String::new();
-        let _ = writeln!(out, "\n== mesh-proxy hop benchmark, {} ==", today());
+        let _ = writeln!(out, "\n== mesh-proxy hop benchmark ==");
         out.push_str(&self.preamble());
         for (title, table) in &tables {
             let _ = writeln!(out, "\n{title}\n{}", table.text());
@@ -167,6 +167,10 @@ impl Report {
         out.push_str(&self.aims());
         out.push_str(&self.problems());
         let _ = writeln!(out, "\n---- markdown, for BENCHMARKS.md ----\n");
+        let _ = writeln!(
+            out,
+            "## A meshed hop against direct and HAProxy (mesh-proxy)\n"
+        );
         out.push_str(&self.preamble());
         for (title, table) in &tables {
             let _ = writeln!(out, "\n{title}:\n\n{}", table.markdown());
@@ -179,7 +183,13 @@ impl Report {
 
     fn preamble(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "Machine: {}.", machine());
+        let _ = writeln!(
+            out,
+            "Command: `cargo bench -p mesh-proxy --bench hop{}`. Date: {}. Machine: {}.",
+            self.command_args(),
+            today(),
+            machine()
+        );
         let _ = writeln!(
             out,
             "Load: HTTP/1.1 GET, 200 with a {}-byte body, over {} keep-alive connections; \
@@ -212,6 +222,19 @@ impl Report {
             .ok();
         }
         out
+    }
+
+    /// The options this run was given, as they would follow `--` on the cargo command line.
+    fn command_args(&self) -> String {
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|arg| arg != "--bench")
+            .collect();
+        if args.is_empty() {
+            String::new()
+        } else {
+            format!(" -- {}", args.join(" "))
+        }
     }
 
     fn tables(&self) -> Vec<(String, Table)> {
