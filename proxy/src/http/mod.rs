@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod client;
+mod error_chain;
 pub mod inbound;
 pub mod orig_proto;
 
