@@ -9,9 +9,10 @@
 //!   pooled; used towards the local application and towards endpoints without an identity.
 //! - [`orig_proto`]: the header conventions that carry an HTTP/1 request's version across the hop.
 
+mod active;
 pub mod app;
 pub mod client;
-mod error_chain;
+pub(crate) mod error_chain;
 pub mod inbound;
 pub mod orig_proto;
 

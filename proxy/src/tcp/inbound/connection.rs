@@ -1,5 +1,13 @@
-//! One inbound connection, step by step: detect, terminate mTLS, read the transport header,
-//! connect to the application, splice.
+//! One inbound connection, step by step.
+//!
+//! A meshed peer: detect its ClientHello, terminate mTLS, read the transport header, then by
+//! ALPN either connect to the application and splice (`mesh.opaque`) or serve HTTP/2 and
+//! forward each request to the application (`mesh.h2`, see [`crate::http::inbound`]).
+//!
+//! Anything else is traffic that iptables redirected here on its way to an application port:
+//! its original destination (from [`crate::orig_dst`]) names that port, and the bytes go there
+//! untouched, detection's included. A connection that was not redirected (a client that dialled
+//! the inbound port directly without mesh TLS) has nowhere to go and is closed.
 //!
 //! Every step that waits on the peer has a deadline (detection, then handshake and header
 //! together), so a silent or slow peer (slowloris, a half-open socket, a handshake that never
@@ -12,13 +20,18 @@ use bytes::BytesMut;
 use mesh_api::ports::{ALPN_H2, ALPN_OPAQUE};
 use mesh_trust::SpiffeId;
 use mesh_trust::tls::connection_peer_identity;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
+use super::metered::{ByteCounts, Metered};
 use super::{InboundConfig, InboundError, InboundEvent};
 use crate::detect::{Detection, Detector, Protocol};
+use crate::drain;
+use crate::http::inbound::{AppClients, HopConnection};
+use crate::metrics::{Direction, LabelValue, Labels, TlsStatus};
+use crate::orig_dst::{self, OrigDstError};
 use crate::tcp::replay::Replay;
 use crate::tcp::splice::{Transferred, splice};
 use crate::transport_header::{MAX_TRANSPORT_HEADER_LEN, MeshTransportHeader};
@@ -27,22 +40,60 @@ use crate::transport_header::{MAX_TRANSPORT_HEADER_LEN, MeshTransportHeader};
 /// [`crate::detect::MAX_DETECT_BYTES`] in all.
 const DETECT_READ_CHUNK: usize = 4 * 1024;
 
+/// What the listener shares with each connection.
+pub(super) struct Shared<'a> {
+    pub(super) config: &'a InboundConfig,
+    /// The listener's own address, which neither a header nor a redirect may name.
+    pub(super) local: Option<SocketAddr>,
+    pub(super) apps: &'a AppClients,
+}
+
+/// What detection found.
+enum Detected {
+    /// A ClientHello offering a mesh ALPN; the bytes read so far.
+    Meshed(BytesMut),
+    /// Anything else, with the bytes read so far.
+    Plain {
+        protocol: Protocol,
+        buffered: BytesMut,
+    },
+}
+
 /// Serves one connection to its end; returns the peer's identity, once known, and the outcome.
 pub(super) async fn serve(
     mut tcp: TcpStream,
     client: SocketAddr,
-    local: Option<SocketAddr>,
-    config: &InboundConfig,
+    shared: Shared<'_>,
+    watch: drain::Watch,
 ) -> (Option<SpiffeId>, Result<Transferred, InboundError>) {
     // Replies are spliced as they come; Nagle would only add latency. Best effort: a socket
     // that refuses the option still works.
     let _ = tcp.set_nodelay(true);
 
-    let hello = match detect_meshed(&mut tcp, config.detect_timeout).await {
-        Ok(hello) => hello,
-        Err(error) => return closed(None, error),
-    };
+    match detect(&mut tcp, shared.config.detect_timeout).await {
+        Ok(Detected::Meshed(hello)) => serve_meshed(tcp, hello, client, &shared, watch).await,
+        Ok(Detected::Plain { protocol, buffered }) => {
+            match forward_redirected(tcp, protocol, buffered, client, &shared).await {
+                Ok(transferred) => {
+                    tracing::debug!(%transferred, "redirected connection closed");
+                    (None, Ok(transferred))
+                }
+                Err(error) => closed(None, error),
+            }
+        }
+        Err(error) => closed(None, error),
+    }
+}
 
+/// A meshed peer: mTLS, the transport header, then the opaque splice or the HTTP/2 hop.
+async fn serve_meshed(
+    tcp: TcpStream,
+    hello: BytesMut,
+    client: SocketAddr,
+    shared: &Shared<'_>,
+    watch: drain::Watch,
+) -> (Option<SpiffeId>, Result<Transferred, InboundError>) {
+    let config = shared.config;
     let deadline = Instant::now() + config.header_timeout;
     let acceptor = TlsAcceptor::from(config.tls.clone());
     let mut tls = match timeout_at(deadline, acceptor.accept(Replay::new(hello, tcp))).await {
@@ -57,19 +108,14 @@ pub(super) async fn serve(
     let Some(peer) = connection_peer_identity(session) else {
         return closed(None, InboundError::NoPeerIdentity);
     };
-    match session.alpn_protocol() {
-        Some(ALPN_OPAQUE) => {}
-        // The HTTP/2 hop (pooled, multiplexed HTTP between proxies) is built separately; until
-        // it is, a mesh.h2 peer is refused here, with its identity in the log.
-        Some(ALPN_H2) => {
-            let error = InboundError::Http2NotServed { peer: peer.clone() };
-            return closed(Some(peer), error);
-        }
+    let http = match session.alpn_protocol() {
+        Some(ALPN_OPAQUE) => false,
+        Some(ALPN_H2) => true,
         other => {
             let error = InboundError::Alpn(other.map(<[u8]>::to_vec));
             return closed(Some(peer), error);
         }
-    }
+    };
 
     let (header, early) = match timeout_at(deadline, read_header(&mut tls)).await {
         Ok(Ok(read)) => read,
@@ -82,18 +128,55 @@ pub(super) async fn serve(
         }
     };
 
-    // Never into the proxy itself. Without the listener's own address, the loop check cannot
-    // be made, so nothing is forwarded.
-    let is_self = local.is_none_or(|local| local.port() == header.port);
-    if is_self || config.denied_ports.contains(&header.port) {
-        return closed(Some(peer), InboundError::Loop { port: header.port });
+    if let Err(error) = check_port(header.port, shared) {
+        return closed(Some(peer), error);
     }
     let app_addr = SocketAddr::new(config.local_app_ip, header.port);
+
+    let labels = Labels {
+        authority: header
+            .authority
+            .as_ref()
+            .map(|a| LabelValue::new(&a.to_string()))
+            .unwrap_or_default(),
+        client_id: LabelValue::new(peer.as_str()),
+        ..Labels::new(Direction::Inbound, TlsStatus::Mutual)
+    };
+    // Application bytes (or the HTTP/2 preface) that came in with the header go first.
+    let downstream = Replay::new(early, tls);
+
+    if http {
+        tracing::debug!(%peer, app = %app_addr, authority = ?header.authority, "inbound mesh.h2 connection opened");
+        config.emit(InboundEvent::Opened {
+            client,
+            peer: peer.clone(),
+            header,
+            app: app_addr,
+        });
+        let counts = ByteCounts::new(config.metrics.as_ref().map(|m| m.tcp_open(&labels)));
+        let hop = HopConnection {
+            peer: peer.clone(),
+            client,
+            app: shared.apps.get(app_addr.port()),
+            metrics: config.metrics.clone(),
+            tap: config.tap.clone(),
+            upgrade_idle_timeout: config.idle_timeout,
+        };
+        let io = Metered::new(downstream, counts.clone());
+        return match crate::http::inbound::serve(io, hop, &config.http, watch).await {
+            Ok(()) => {
+                let transferred = counts.transferred();
+                tracing::debug!(%peer, %transferred, "inbound mesh.h2 connection closed");
+                (Some(peer), Ok(transferred))
+            }
+            Err(error) => closed(Some(peer), InboundError::Http2(error)),
+        };
+    }
+
     let mut app = match connect_app(app_addr, config.app_connect_timeout).await {
         Ok(app) => app,
         Err(error) => return closed(Some(peer), error),
     };
-
     tracing::debug!(
         %peer,
         app = %app_addr,
@@ -106,8 +189,8 @@ pub(super) async fn serve(
         header,
         app: app_addr,
     });
-    // Application bytes that came in with the header go to the application first.
-    let mut downstream = Replay::new(early, tls);
+    let counts = ByteCounts::new(config.metrics.as_ref().map(|m| m.tcp_open(&labels)));
+    let mut downstream = Metered::new(downstream, counts);
     match splice(&mut downstream, &mut app, config.idle_timeout).await {
         Ok(transferred) => {
             tracing::debug!(%peer, %transferred, "inbound connection closed");
@@ -117,17 +200,63 @@ pub(super) async fn serve(
     }
 }
 
-/// Reads until detection decides, within `detect_timeout`, and returns the bytes read if they
-/// are a ClientHello offering a mesh ALPN.
-///
-/// Anything else is traffic that iptables redirected here on its way to an application port.
-/// Once [`crate::orig_dst`] exists, this is where it plugs in: look up the socket's original
-/// destination, connect to it, replay the bytes read and splice. Until then there is nowhere to
-/// send it, so it is refused with [`InboundError::NotMeshed`], which closes it.
-async fn detect_meshed(
-    tcp: &mut TcpStream,
-    detect_timeout: Duration,
-) -> Result<BytesMut, InboundError> {
+/// Traffic that is not meshed goes where iptables found it going: `local_app_ip` at its
+/// original destination port, as opaque bytes, detection's replayed first.
+async fn forward_redirected(
+    tcp: TcpStream,
+    protocol: Protocol,
+    buffered: BytesMut,
+    client: SocketAddr,
+    shared: &Shared<'_>,
+) -> Result<Transferred, InboundError> {
+    let config = shared.config;
+    let original = match orig_dst::original_destination(&tcp) {
+        Ok(original) => original,
+        // Not redirected (or the kernel cannot have redirected anything): a client that dialled
+        // the inbound port itself without mesh TLS. There is nowhere to send it.
+        Err(error)
+            if error.is_not_redirected() || matches!(error, OrigDstError::Unsupported { .. }) =>
+        {
+            return Err(InboundError::NotMeshed {
+                protocol,
+                sent: buffered.len(),
+            });
+        }
+        Err(error) => return Err(InboundError::OriginalDestination(error)),
+    };
+    check_port(original.port(), shared)?;
+    let app_addr = SocketAddr::new(config.local_app_ip, original.port());
+    let mut app = connect_app(app_addr, config.app_connect_timeout).await?;
+    tracing::debug!(%original, app = %app_addr, ?protocol, "redirected connection forwarded");
+    config.emit(InboundEvent::Forwarded {
+        client,
+        original,
+        app: app_addr,
+    });
+    let labels = Labels {
+        authority: LabelValue::new(&original.to_string()),
+        ..Labels::new(Direction::Inbound, TlsStatus::Plaintext)
+    };
+    let counts = ByteCounts::new(config.metrics.as_ref().map(|m| m.tcp_open(&labels)));
+    let mut downstream = Metered::new(Replay::new(buffered, tcp), counts);
+    Ok(splice(&mut downstream, &mut app, config.idle_timeout).await?)
+}
+
+/// Never into the proxy itself: the rule for a transport header's port, and for a redirected
+/// connection's original port (iptables' exclusions should keep the proxy's ports out; this
+/// does not rely on them). Without the listener's own address the loop check cannot be
+/// made, so nothing is forwarded.
+fn check_port(port: u16, shared: &Shared<'_>) -> Result<(), InboundError> {
+    let is_self = shared.local.is_none_or(|local| local.port() == port);
+    if is_self || shared.config.denied_ports.contains(&port) {
+        return Err(InboundError::Loop { port });
+    }
+    Ok(())
+}
+
+/// Reads until detection decides, within `detect_timeout`: a ClientHello offering a mesh ALPN,
+/// or anything else, with the bytes read.
+async fn detect(tcp: &mut TcpStream, detect_timeout: Duration) -> Result<Detected, InboundError> {
     let deadline = Instant::now() + detect_timeout;
     let mut detector = Detector::new();
     let mut chunk = [0u8; DETECT_READ_CHUNK];
@@ -149,11 +278,11 @@ async fn detect_meshed(
         Ok(Protocol::Tls(hello))
             if hello.offers_alpn(ALPN_OPAQUE) || hello.offers_alpn(ALPN_H2) =>
         {
-            Ok(detector.into_buffered())
+            Ok(Detected::Meshed(detector.into_buffered()))
         }
-        Ok(protocol) => Err(InboundError::NotMeshed {
+        Ok(protocol) => Ok(Detected::Plain {
             protocol,
-            sent: detector.buffered().len(),
+            buffered: detector.into_buffered(),
         }),
         Err(refusal) => Err(InboundError::Refused(refusal)),
     }
@@ -166,7 +295,7 @@ async fn detect_meshed(
 /// it are ever held.
 async fn read_header<S>(io: &mut S) -> Result<(MeshTransportHeader, BytesMut), InboundError>
 where
-    S: AsyncRead + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(MAX_TRANSPORT_HEADER_LEN);
     loop {
