@@ -284,17 +284,22 @@ impl MeshH2Client {
     }
 }
 
-impl fmt::Debug for MeshH2Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let connections = self
-            .inner
+impl MeshH2Client {
+    /// Connections open or being opened now: at most one per endpoint.
+    pub fn connections(&self) -> usize {
+        self.inner
             .pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .len();
+            .len()
+    }
+}
+
+impl fmt::Debug for MeshH2Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeshH2Client")
             .field("config", &self.inner.config)
-            .field("connections", &connections)
+            .field("connections", &self.connections())
             .finish_non_exhaustive()
     }
 }

@@ -158,10 +158,12 @@ impl Default for InboundHttpConfig {
 impl AppClients {
     /// Clients for `ip:port`, each connecting within `connect_timeout`.
     pub(crate) fn new(ip: IpAddr, connect_timeout: Duration, config: &InboundHttpConfig) -> Self {
-        let mut app = AppClientConfig::default();
-        app.connect_timeout = connect_timeout;
-        app.response_timeout = config.response_timeout;
-        app.pool_idle_timeout = config.app_pool_idle_timeout;
+        let app = AppClientConfig {
+            connect_timeout,
+            response_timeout: config.response_timeout,
+            pool_idle_timeout: config.app_pool_idle_timeout,
+            ..AppClientConfig::default()
+        };
         Self {
             ip,
             config: app,
