@@ -13,7 +13,8 @@
 //! together), so a silent or slow peer (slowloris, a half-open socket, a handshake that never
 //! finishes) holds one connection for a bounded time and nothing else.
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -46,6 +47,17 @@ pub(super) struct Shared<'a> {
     /// The listener's own address, which neither a header nor a redirect may name.
     pub(super) local: Option<SocketAddr>,
     pub(super) apps: &'a AppClients,
+}
+
+// === impl Shared ===
+
+impl Shared<'_> {
+    fn own_ports(&self) -> OwnPorts<'_> {
+        OwnPorts {
+            local: self.local,
+            denied: &self.config.denied_ports,
+        }
+    }
 }
 
 /// What detection found.
@@ -128,7 +140,7 @@ async fn serve_meshed(
         }
     };
 
-    if let Err(error) = check_port(header.port, shared) {
+    if let Err(error) = check_port(header.port, &shared.own_ports()) {
         return closed(Some(peer), error);
     }
     let app_addr = SocketAddr::new(config.local_app_ip, header.port);
@@ -210,22 +222,14 @@ async fn forward_redirected(
     shared: &Shared<'_>,
 ) -> Result<Transferred, InboundError> {
     let config = shared.config;
-    let original = match orig_dst::original_destination(&tcp) {
-        Ok(original) => original,
-        // Not redirected (or the kernel cannot have redirected anything): a client that dialled
-        // the inbound port itself without mesh TLS. There is nowhere to send it.
-        Err(error)
-            if error.is_not_redirected() || matches!(error, OrigDstError::Unsupported { .. }) =>
-        {
-            return Err(InboundError::NotMeshed {
-                protocol,
-                sent: buffered.len(),
-            });
-        }
-        Err(error) => return Err(InboundError::OriginalDestination(error)),
+    let original = orig_dst::original_destination(&tcp);
+    let target = redirect_target(original, config.local_app_ip, &shared.own_ports())?;
+    let Some((original, app_addr)) = target else {
+        return Err(InboundError::NotMeshed {
+            protocol,
+            sent: buffered.len(),
+        });
     };
-    check_port(original.port(), shared)?;
-    let app_addr = SocketAddr::new(config.local_app_ip, original.port());
     let mut app = connect_app(app_addr, config.app_connect_timeout).await?;
     tracing::debug!(%original, app = %app_addr, ?protocol, "redirected connection forwarded");
     config.emit(InboundEvent::Forwarded {
@@ -242,13 +246,41 @@ async fn forward_redirected(
     Ok(splice(&mut downstream, &mut app, config.idle_timeout).await?)
 }
 
+/// The ports a connection may never be sent to: the listener's own, and the denied ones.
+struct OwnPorts<'a> {
+    /// The listener's address; unknown means every port is refused.
+    local: Option<SocketAddr>,
+    denied: &'a BTreeSet<u16>,
+}
+
+/// Where a connection that is not meshed goes, from what the kernel said of its original
+/// destination: `(original, app_ip:original_port)`, or `None` when it was not redirected (the
+/// client dialled the inbound port itself; `Unsupported` means nothing can have been).
+fn redirect_target(
+    original: Result<SocketAddr, OrigDstError>,
+    app_ip: IpAddr,
+    own: &OwnPorts<'_>,
+) -> Result<Option<(SocketAddr, SocketAddr)>, InboundError> {
+    let original = match original {
+        Ok(original) => original,
+        Err(error)
+            if error.is_not_redirected() || matches!(error, OrigDstError::Unsupported { .. }) =>
+        {
+            return Ok(None);
+        }
+        Err(error) => return Err(InboundError::OriginalDestination(error)),
+    };
+    check_port(original.port(), own)?;
+    Ok(Some((original, SocketAddr::new(app_ip, original.port()))))
+}
+
 /// Never into the proxy itself: the rule for a transport header's port, and for a redirected
 /// connection's original port (iptables' exclusions should keep the proxy's ports out; this
-/// does not rely on them). Without the listener's own address the loop check cannot be
-/// made, so nothing is forwarded.
-fn check_port(port: u16, shared: &Shared<'_>) -> Result<(), InboundError> {
-    let is_self = shared.local.is_none_or(|local| local.port() == port);
-    if is_self || shared.config.denied_ports.contains(&port) {
+/// does not rely on them). Without the listener's own address the check cannot be made, so
+/// nothing is forwarded.
+fn check_port(port: u16, own: &OwnPorts<'_>) -> Result<(), InboundError> {
+    let is_self = own.local.is_none_or(|local| local.port() == port);
+    if is_self || own.denied.contains(&port) {
         return Err(InboundError::Loop { port });
     }
     Ok(())
@@ -345,4 +377,76 @@ fn closed(
         None => tracing::debug!(%error, "inbound connection closed"),
     }
     (peer, Err(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use nix::errno::Errno;
+
+    use super::*;
+
+    const APP_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn target(
+        original: Result<SocketAddr, OrigDstError>,
+        local: Option<SocketAddr>,
+    ) -> Result<Option<(SocketAddr, SocketAddr)>, InboundError> {
+        let denied = BTreeSet::from([4140, 4190, 4191]);
+        redirect_target(
+            original,
+            APP_IP,
+            &OwnPorts {
+                local,
+                denied: &denied,
+            },
+        )
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|_| panic!("{s} is an address"))
+    }
+
+    #[test]
+    fn a_redirected_connection_goes_to_the_app_at_its_original_port() {
+        let local = Some(addr("0.0.0.0:4143"));
+        let found = target(Ok(addr("10.0.0.7:8080")), local);
+        assert!(
+            matches!(found, Ok(Some((o, app))) if o == addr("10.0.0.7:8080") && app == addr("127.0.0.1:8080")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_redirect_to_the_proxys_own_ports_is_refused() {
+        let local = Some(addr("0.0.0.0:4143"));
+        for port in [4143, 4140, 4190, 4191] {
+            let found = target(Ok(SocketAddr::new(APP_IP, port)), local);
+            assert!(
+                matches!(found, Err(InboundError::Loop { port: p }) if p == port),
+                "{port}: {found:?}"
+            );
+        }
+        // Without the listener's own address nothing can be checked, so nothing goes.
+        let found = target(Ok(addr("10.0.0.7:8080")), None);
+        assert!(matches!(found, Err(InboundError::Loop { .. })), "{found:?}");
+    }
+
+    #[test]
+    fn a_connection_that_was_not_redirected_has_no_target() {
+        let local = Some(addr("0.0.0.0:4143"));
+        for not_redirected in [
+            OrigDstError::NotRedirected,
+            OrigDstError::ToSelf(addr("127.0.0.1:4143")),
+            OrigDstError::Unsupported { family: "IPv4" },
+        ] {
+            assert!(matches!(target(Err(not_redirected), local), Ok(None)));
+        }
+        let found = target(Err(OrigDstError::Sys(Errno::EBADF)), local);
+        assert!(
+            matches!(found, Err(InboundError::OriginalDestination(_))),
+            "{found:?}"
+        );
+    }
 }
