@@ -221,14 +221,17 @@ async fn http1_requests_reach_the_app_in_the_callers_version_with_its_host() {
 async fn http2_requests_stay_http2_and_a_grpc_style_stream_interleaves_with_trailers() {
     let hop = Hop::start().await;
 
-    let response = hop
-        .send(request(
-            Version::HTTP_2,
-            Method::PUT,
-            "http://grpc.example:50051/pkg.Svc/Unary",
-            "h2 body",
-        ))
-        .await;
+    let mut unary = request(
+        Version::HTTP_2,
+        Method::PUT,
+        "http://grpc.example:50051/pkg.Svc/Unary",
+        "h2 body",
+    );
+    // Only the proxy may say what version a request had at the caller.
+    unary
+        .headers_mut()
+        .insert("mesh-orig-proto", "HTTP/1.0".parse().unwrap());
+    let response = hop.send(unary).await;
     assert_eq!(response.version(), Version::HTTP_2);
     assert_eq!(seen(&response, "x-version"), "HTTP/2.0");
     assert_eq!(seen(&response, "x-authority"), "grpc.example:50051");
@@ -631,6 +634,57 @@ async fn an_app_that_is_down_is_a_502_from_the_proxy() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert!(response.headers().contains_key("mesh-proxy-error"));
     assert!(text(response).await.contains("refused"));
+}
+
+#[tokio::test]
+async fn an_app_that_does_not_answer_in_time_is_a_504_and_the_connection_lives_on() {
+    let hop = Hop::start_with(
+        |config| config.http.response_timeout = Some(Duration::from_millis(100)),
+        H2ClientConfig::default(),
+    )
+    .await;
+    let response = hop
+        .send(request(
+            Version::HTTP_11,
+            Method::GET,
+            "http://web.example/hang",
+            "",
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(response.headers().contains_key("mesh-proxy-error"));
+    let response = hop
+        .send(request(
+            Version::HTTP_11,
+            Method::GET,
+            "http://web.example/",
+            "",
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(hop.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_inbound_side_closes_when_idle_is_replaced() {
+    let mut hop = Hop::start_with(
+        |config| config.http.idle_timeout = Duration::from_millis(100),
+        H2ClientConfig::default(),
+    )
+    .await;
+    let get = || request(Version::HTTP_11, Method::GET, "http://web.example/", "");
+    assert_eq!(hop.send(get()).await.status(), StatusCode::OK);
+    // GOAWAY, then the close: the client forgets the connection.
+    hop.closed().await;
+    timeout(PATIENCE, async {
+        while hop.client.connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(hop.send(get()).await.status(), StatusCode::OK);
+    assert_eq!(hop.opened.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

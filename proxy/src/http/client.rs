@@ -359,6 +359,9 @@ impl Inner {
         authority: Option<Authority>,
         id: u64,
     ) -> Connecting {
+        // Weak: the future lives in the pool, which must not keep its owner alive.
+        let pool = Arc::downgrade(&self);
+        let attempt = key.clone();
         let task = tokio::spawn(async move {
             let opened = self.connect(&key, authority, id).await;
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -378,8 +381,14 @@ impl Inner {
             opened
         });
         async move {
-            task.await
-                .unwrap_or_else(|_| Err(Arc::new(ConnectError::Abandoned)))
+            task.await.unwrap_or_else(|_| {
+                // The attempt's task died without updating the pool: clear its slot, so that
+                // the next request tries again instead of joining a failed attempt forever.
+                if let Some(inner) = pool.upgrade() {
+                    inner.forget_attempt(&attempt, id);
+                }
+                Err(Arc::new(ConnectError::Abandoned))
+            })
         }
         .boxed()
         .shared()
@@ -440,6 +449,14 @@ impl Inner {
         };
         tokio::spawn(driver.run(connection));
         Ok(conn)
+    }
+
+    /// Forgets connection attempt `id` of `key` if it is still the pooled one.
+    fn forget_attempt(&self, key: &EndpointKey, id: u64) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(pool.get(key), Some(Slot::Connecting { id: current, .. }) if *current == id) {
+            pool.remove(key);
+        }
     }
 
     /// Forgets connection `id` of `key` if it is still the pooled one.

@@ -9,7 +9,8 @@
 //!   `ack:<data>`, and when the request ends the response ends with `grpc-status: 0` trailers;
 //! - `/ws`: accepts an HTTP/1.1 upgrade with `101`, says `app says hi\n`, then echoes bytes;
 //! - `/ws-refused`: answers an upgrade with `426` and a body;
-//! - `/ws-ignored`: ignores an upgrade and answers `200` with a body.
+//! - `/ws-ignored`: ignores an upgrade and answers `200` with a body;
+//! - `/hang`: never answers.
 
 // Each test binary uses a different part of this shared support module.
 #![allow(dead_code)]
@@ -80,6 +81,7 @@ async fn route(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
             .body(full("not here"))
             .unwrap(),
         "/ws-ignored" => Response::new(full("no upgrade, just this")),
+        "/hang" => std::future::pending().await,
         _ => echo(req).await,
     })
 }
