@@ -167,8 +167,8 @@ pub enum InboundError {
     Http2(hyper::Error),
 }
 
-/// Serves meshed inbound connections from `listener` until `watch` signals a drain, then waits
-/// for the connections in flight to end and returns.
+/// Serves inbound connections from `listener` (meshed peers, and traffic iptables redirected)
+/// until `watch` signals a drain, then waits for the connections in flight to end and returns.
 pub async fn serve_inbound(listener: TcpListener, config: InboundConfig, mut watch: drain::Watch) {
     let apps = AppClients::new(
         config.local_app_ip,
