@@ -18,7 +18,7 @@ use mesh_proxy::detect::Protocol;
 use mesh_proxy::drain;
 use mesh_proxy::tcp::{
     EventHook, HopError, HopStage, InboundConfig, InboundError, InboundEvent, Transferred,
-    connect_meshed, connect_plain, serve_inbound,
+    connect_meshed, connect_meshed_alpn, connect_plain, serve_inbound,
 };
 use mesh_proxy::transport_header::MeshTransportHeader;
 use mesh_trust::SpiffeId;
@@ -450,17 +450,75 @@ async fn a_tls_client_that_never_finishes_its_handshake_costs_one_connection() {
 }
 
 #[tokio::test]
-async fn mesh_h2_is_refused_for_now_with_the_peers_identity() {
+async fn mesh_h2_is_served_with_the_peers_identity() {
     let mut mesh = Mesh::start(App::Echo).await;
-    let mut h2 = mesh.raw_tls(ALPN_H2).await;
-    assert!(read_until_closed(&mut h2).await.is_empty());
+    let header = MeshTransportHeader {
+        port: mesh.app_port,
+        authority: None,
+        protocol: ProtocolHint::Http,
+    };
+    let tls = pki::outbound_tls(
+        &mesh.bundles,
+        mesh.west.creds("client"),
+        &mesh.server_id,
+        ALPN_H2,
+    );
+    let stream = connect_meshed_alpn(
+        mesh.inbound,
+        &mesh.server_id,
+        tls,
+        ALPN_H2,
+        &header,
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+
+    let InboundEvent::Opened {
+        peer,
+        header: seen,
+        app,
+        ..
+    } = mesh.event().await
+    else {
+        panic!("expected Opened first");
+    };
+    assert_eq!(peer, mesh.client_id);
+    assert_eq!(seen, header);
+    assert_eq!(app.port(), mesh.app_port);
+
+    // The echo application is not an HTTP server: the request reaches it, the bytes that come
+    // back are not a response, and the proxy answers 502 on that stream alone.
+    let request = http::Request::builder()
+        .uri("http://echo.default:80/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = timeout(PATIENCE, send.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+    assert!(response.headers().contains_key("mesh-proxy-error"));
+    assert_eq!(mesh.app_accepts.load(Ordering::SeqCst), 1);
+
+    // The last stream and the last sender gone, the client closes the connection.
+    drop(response);
+    drop(send);
+    timeout(PATIENCE, driver).await.unwrap().unwrap().unwrap();
     let (peer, result) = mesh.closed_with(|_| true).await;
     assert_eq!(peer.as_ref(), Some(&mesh.client_id));
-    match result {
-        Err(InboundError::Http2NotServed { peer }) => assert_eq!(peer, mesh.client_id),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(mesh.app_accepts.load(Ordering::SeqCst), 0);
+    let transferred = result.unwrap();
+    assert!(
+        transferred.a_to_b > 0 && transferred.b_to_a > 0,
+        "{transferred:?}"
+    );
 }
 
 #[tokio::test]

@@ -8,11 +8,22 @@
 //! - [`app`]: a client that sends requests to one fixed address in their own protocol version,
 //!   pooled; used towards the local application and towards endpoints without an identity.
 //! - [`orig_proto`]: the header conventions that carry an HTTP/1 request's version across the hop.
+//!
+//! Headers the hop defines: `mesh-orig-proto` (an HTTP/1 request's version, on the hop only),
+//! `mesh-upgrade-status` (the application's status behind an upgrade's CONNECT, on the hop
+//! only), `mesh-client-id` (the caller's SPIFFE ID, set by the inbound side for the application)
+//! and `mesh-proxy-error` (on answers the proxy made itself).
 
+mod active;
 pub mod app;
 pub mod client;
+pub(crate) mod error_chain;
 pub mod inbound;
 pub mod orig_proto;
+
+pub use self::app::{AppClient, AppClientConfig, AppError};
+pub use self::client::{H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};
+pub use self::inbound::{CLIENT_ID, InboundHttpConfig, PROXY_ERROR};
 
 use bytes::Bytes;
 

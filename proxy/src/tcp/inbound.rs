@@ -2,13 +2,17 @@
 //!
 //! Each accepted connection is served by its own task (see [`connection`] for the steps), holding
 //! one of `max_connections` permits for its whole life; beyond that a connection is closed at
-//! once with a warning, so an overload is visible instead of a silent queue. On drain the
-//! listener is dropped (the kernel refuses new connections), connections in flight run to their
-//! end, and then [`serve_inbound`] returns. A spliced connection ends when both sides close or
-//! at its idle timeout; a caller that cannot wait that long bounds the drain itself, and dropping
-//! the [`serve_inbound`] future aborts every connection it owns.
+//! once with a warning, so an overload is visible instead of a silent queue. Meshed peers get
+//! the opaque splice (`mesh.opaque`) or the HTTP/2 hop (`mesh.h2`); traffic iptables redirected
+//! to an application port is forwarded there. On drain the listener is dropped (the kernel
+//! refuses new connections), HTTP/2 connections go away gracefully (GOAWAY, then the streams in
+//! flight finish), spliced connections run to their end, and then [`serve_inbound`] returns. A
+//! spliced connection ends when both sides close or at its idle timeout; a caller that cannot
+//! wait that long bounds the drain itself, and dropping the [`serve_inbound`] future aborts
+//! every connection it owns.
 
 mod connection;
+mod metered;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -25,7 +29,9 @@ use tracing::Instrument;
 use super::splice::{SpliceError, Transferred};
 use crate::detect::{Protocol, Refusal};
 use crate::drain;
+use crate::http::inbound::{AppClients, InboundHttpConfig};
 use crate::metrics::ProxyMetrics;
+use crate::orig_dst::OrigDstError;
 use crate::tap::Tap;
 use crate::transport_header::{MeshTransportHeader, TransportHeaderError};
 
@@ -46,9 +52,10 @@ pub struct InboundConfig {
     /// From the end of detection: how long the TLS handshake and the transport header may take
     /// together. A peer that stalls in either costs only its own connection.
     pub header_timeout: Duration,
-    /// How long the application has to accept the connection.
+    /// How long the application has to accept a connection (spliced, or for HTTP requests).
     pub app_connect_timeout: Duration,
-    /// A spliced connection on which no byte moves either way for this long is closed.
+    /// A spliced connection (or an upgraded HTTP stream) on which no byte moves either way for
+    /// this long is closed.
     pub idle_timeout: Duration,
     /// Connections served at once, in any phase; more are closed at once.
     pub max_connections: usize,
@@ -57,9 +64,14 @@ pub struct InboundConfig {
     /// would send its traffic on under this workload's identity). The inbound listener's own port
     /// is always refused as well. Add every explicit outbound listener's port here.
     pub denied_ports: BTreeSet<u16>,
-    /// Told about every connection: for tests, and later for metrics.
+    /// How `mesh.h2` connections are served: stream and header limits, keep-alive, idle and
+    /// response timeouts.
+    pub http: InboundHttpConfig,
+    /// Told about every connection: for tests and diagnostics.
     pub events: Option<EventHook>,
-    /// Where connections and requests are counted; `None` counts nothing.
+    /// Where connections and requests are counted; `None` counts nothing. Connections count
+    /// with `tls="true"` and the caller's identity when meshed, `tls="false"` when forwarded
+    /// from an iptables redirect.
     pub metrics: Option<ProxyMetrics>,
     /// Where finished requests are published for `mesh tap`; `None` publishes nothing.
     pub tap: Option<Tap>,
@@ -76,15 +88,24 @@ pub struct EventHook(Arc<dyn Fn(InboundEvent) + Send + Sync>);
 pub enum InboundEvent {
     /// Closed on accept: `limit` connections were already being served.
     Overloaded { client: SocketAddr, limit: usize },
-    /// The peer proved `peer` and sent its header; the connection is spliced to `app`.
+    /// The peer proved `peer` and sent its header; the connection is spliced to `app`
+    /// (`mesh.opaque`) or its requests go to `app` (`mesh.h2`).
     Opened {
         client: SocketAddr,
         peer: SpiffeId,
         header: MeshTransportHeader,
         app: SocketAddr,
     },
-    /// The connection is over: `Ok` with the bytes moved (client->app as `a_to_b`) when both
-    /// sides closed, else why it was closed. `peer` is known once the handshake is done.
+    /// A connection iptables redirected on its way to `original` (not meshed) is spliced to
+    /// `app`, the application at the same port.
+    Forwarded {
+        client: SocketAddr,
+        original: SocketAddr,
+        app: SocketAddr,
+    },
+    /// The connection is over: `Ok` with the bytes moved (read from the client as `a_to_b`,
+    /// written to it as `b_to_a`) when it ended cleanly, else why it was closed. `peer` is known
+    /// once the handshake is done (never, for a forwarded connection).
     Closed {
         client: SocketAddr,
         peer: Option<SpiffeId>,
@@ -96,12 +117,16 @@ pub enum InboundEvent {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InboundError {
-    /// Not a ClientHello offering a mesh ALPN: traffic iptables redirected on its way to an
-    /// application port. Its original destination (from `crate::orig_dst`, once that exists)
-    /// is where it will be forwarded; until then it is closed. `sent` is how many bytes
-    /// detection saw.
-    #[error("not meshed ({protocol:?} in {sent} bytes): no original destination to forward it to")]
+    /// Not a ClientHello offering a mesh ALPN, and not redirected by iptables either (the
+    /// client dialled the inbound port itself): there is no application port to forward it to.
+    /// `sent` is how many bytes detection saw.
+    #[error(
+        "not meshed ({protocol:?} in {sent} bytes) and not redirected: no original destination to forward it to"
+    )]
     NotMeshed { protocol: Protocol, sent: usize },
+    /// Not meshed, and the kernel could not say where it was going.
+    #[error("not meshed, and its original destination is unknown: {0}")]
+    OriginalDestination(OrigDstError),
     #[error("protocol detection refused the connection: {0}")]
     Refused(Refusal),
     #[error("reading the first bytes failed: {0}")]
@@ -113,9 +138,6 @@ pub enum InboundError {
     /// Cannot happen with a config that requires client certificates; refused all the same.
     #[error("the peer presented no SPIFFE identity")]
     NoPeerIdentity,
-    /// The HTTP/2 hop is not built yet: `mesh.h2` connections are refused, closed and logged.
-    #[error("mesh.h2 from {peer} is not served yet")]
-    Http2NotServed { peer: SpiffeId },
     #[error("negotiated ALPN {0:?} is not a mesh protocol")]
     Alpn(Option<Vec<u8>>),
     #[error("no transport header within {0:?}")]
@@ -124,9 +146,10 @@ pub enum InboundError {
     ReadHeader(std::io::Error),
     #[error("bad transport header: {0}")]
     TransportHeader(#[from] TransportHeaderError),
-    /// The header names one of the proxy's own ports (or the listener's address is unknown):
-    /// connecting would reach into the proxy itself, e.g. its admin server, as a loopback client.
-    #[error("transport header port {port} is one of the proxy's own ports; refused")]
+    /// The header (or a redirected connection's original destination) names one of the proxy's
+    /// own ports, or the listener's address is unknown: connecting would reach into the proxy
+    /// itself, e.g. its admin server, as a loopback client.
+    #[error("target port {port} is one of the proxy's own ports; refused")]
     Loop { port: u16 },
     #[error("connecting to the application at {addr} failed: {source}")]
     AppConnect {
@@ -137,13 +160,24 @@ pub enum InboundError {
     AppConnectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("splice: {0}")]
     Splice(#[from] SpliceError),
+    /// The `mesh.h2` connection failed as a whole (a protocol error, a peer that stopped
+    /// answering PINGs, a reset socket). Failed requests on it do not end up here: each is
+    /// answered on its own stream.
+    #[error("mesh.h2 connection: {}", crate::http::error_chain::chain(.0))]
+    Http2(hyper::Error),
 }
 
-/// Serves meshed inbound connections from `listener` until `watch` signals a drain, then waits
-/// for the connections in flight to end and returns.
+/// Serves inbound connections from `listener` (meshed peers, and traffic iptables redirected)
+/// until `watch` signals a drain, then waits for the connections in flight to end and returns.
 pub async fn serve_inbound(listener: TcpListener, config: InboundConfig, mut watch: drain::Watch) {
+    let apps = AppClients::new(
+        config.local_app_ip,
+        config.app_connect_timeout,
+        &config.http,
+    );
     let mut connections = Connections {
         local: listener.local_addr().ok(),
+        apps: Arc::new(apps),
         permits: Arc::new(Semaphore::new(config.max_connections)),
         config: Arc::new(config),
         tasks: JoinSet::new(),
@@ -183,6 +217,8 @@ struct Connections {
     config: Arc<InboundConfig>,
     /// The listener's own address, which a transport header must not name.
     local: Option<SocketAddr>,
+    /// Clients towards the application's HTTP ports, pooled across connections.
+    apps: Arc<AppClients>,
     permits: Arc<Semaphore>,
     /// Dropping the set aborts every task in it.
     tasks: JoinSet<()>,
@@ -202,9 +238,16 @@ impl Connections {
         };
         let config = self.config.clone();
         let local = self.local;
+        let apps = self.apps.clone();
+        let watch = watch.clone();
         let retain = watch.retain();
         let serve = async move {
-            let (peer, result) = connection::serve(tcp, client, local, &config).await;
+            let shared = connection::Shared {
+                config: &config,
+                local,
+                apps: &apps,
+            };
+            let (peer, result) = connection::serve(tcp, client, shared, watch).await;
             // Released before the event, so that whoever sees `Closed` can connect again within
             // the limit.
             drop(permit);
@@ -232,7 +275,8 @@ fn report_panic(done: Result<(), tokio::task::JoinError>) {
 
 impl InboundConfig {
     /// A config with the defaults: the application on 127.0.0.1, 10 s to detect, 10 s for the
-    /// handshake and header, 1 s to reach the application, 1 h idle, 10 000 connections.
+    /// handshake and header, 1 s to reach the application, 1 h idle, 10 000 connections, and
+    /// [`InboundHttpConfig::default`] for HTTP.
     pub fn new(tls: Arc<rustls::ServerConfig>) -> Self {
         Self {
             tls,
@@ -242,6 +286,7 @@ impl InboundConfig {
             app_connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(3600),
             max_connections: 10_000,
+            http: InboundHttpConfig::default(),
             denied_ports: BTreeSet::from([
                 mesh_api::ports::PROXY_OUTBOUND,
                 mesh_api::ports::PROXY_INBOUND,
