@@ -3,7 +3,7 @@
 //! The proxy must choose a handler (TLS pass-through routed by SNI, the HTTP/1 or HTTP/2 codec,
 //! or opaque TCP) before forwarding anything, and it can only look at what the client has sent.
 //! This is the pure core of that choice: [`detect`] takes everything read so far and answers
-//! [`Detection::NeedMore`] or a verdict; the async shell (to come) reads the socket, owns the
+//! [`Detection::NeedMore`] or a verdict; the async shell ([`detect_stream`]) reads the socket, owns the
 //! detection timer, calls [`decide_on_timeout`] when the peer goes quiet or closes, and replays
 //! the buffered bytes to the chosen handler. [`Detector`] packages that loop's state.
 //!
@@ -30,6 +30,7 @@
 mod fixtures;
 mod fuzz;
 mod http;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -38,6 +39,7 @@ use bytes::BytesMut;
 
 #[doc(hidden)]
 pub use self::fuzz::fuzz_detect;
+pub use self::stream::{Detected, detect_stream};
 pub use self::tls::{ClientHelloInfo, TlsParseError, parse_client_hello};
 
 /// How far into the stream a ClientHello must end to be parsed, record headers included.

@@ -1,6 +1,6 @@
 //! mesh-proxy: the sidecar data plane.
 //!
-//! Built so far, each tested on its own:
+//! The modules, each tested on its own and together:
 //! - Protocol cores, plain functions and state machines over bytes and time:
 //!   - [`detect`]: what a connection speaks, from its first bytes (TLS ClientHello and SNI,
 //!     HTTP/1, HTTP/2 prior knowledge, or opaque TCP).
@@ -14,15 +14,19 @@
 //!   keeps the last good state) and a static file source for tests and demos.
 //! - [`init`] and [`orig_dst`]: the iptables rules for transparent redirection, and the original
 //!   destination of a redirected connection.
-//! - [`outbound`]: explicit listeners bound to one service (`--outbound-map`): discovery, the
-//!   balancer, retries on connect failure, then the meshed hop or plain TCP.
+//! - [`outbound`]: the outbound listeners. Redirected connections are resolved by original
+//!   destination, direct clients by HTTP authority or TLS SNI, explicit listeners
+//!   (`--outbound-map`) by their one service; then protocol detection, HTTP routed per request
+//!   (splits, the balancer, retries under a budget) over the `mesh.h2` hop, and everything else
+//!   as opaque TCP over the meshed hop, through the gateway for endpoints in linked clusters
+//!   ([`tunnel`]), or in plain text to endpoints without an identity.
+//! - [`http`]: the `mesh.h2` hop between proxies, and clients towards applications.
+//! - [`tunnel`]: reaching an endpoint in a linked cluster through the local gateway's egress
+//!   port, with the mTLS session running end to end inside the tunnel.
 //! - [`admin`] and [`metrics`]: the admin server (`/metrics`, `/ready`, `/live`, `/shutdown` from
 //!   loopback only) and the proxy's Prometheus metrics with bounded label cardinality.
-//! - [`drain`]: graceful shutdown.
-//!
-//! Not built yet: the outbound listener for iptables-redirected and HTTP traffic, the HTTP/2 hop
-//! (`mesh.h2`), tunnels through the gateway, tap, and the `mesh-proxy` binary (see
-//! ARCHITECTURE.md, "Data path").
+//! - [`tap`]: live request metadata for operators, as a gRPC stream.
+//! - [`drain`]: graceful shutdown; [`run`]: the whole proxy, as the `mesh-proxy` binary runs it.
 
 pub mod admin;
 pub mod authority;

@@ -4,19 +4,26 @@
 
 #[path = "support/mesh_pki.rs"]
 mod pki;
+#[path = "support/tunnel_gateway.rs"]
+mod tunnel_gateway;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_proxy::discovery::StaticDiscovery;
+use mesh_proxy::discovery::{StaticDiscovery, Target};
 use mesh_proxy::drain;
-use mesh_proxy::outbound::{OutboundConfig, OutboundTls, ServiceBalancer, serve_mapped};
+use mesh_proxy::metrics::{MetricsConfig, ProxyMetrics};
+use mesh_proxy::outbound::{
+    OutboundConfig, OutboundContext, OutboundTls, ServiceBalancer, serve_mapped,
+};
+use mesh_proxy::tap::Tap;
 use mesh_proxy::tcp::{EventHook, InboundConfig, InboundEvent, serve_inbound};
 use mesh_trust::tls::CertResolver;
 use pki::Domain;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tunnel_gateway::{Answer, TunnelGateway};
 
 const SERVICE: &str = "echo.default.svc.cluster.local:7000";
 
@@ -121,16 +128,21 @@ async fn explicit_listener_reaches_the_app_through_the_mesh_and_skips_a_dead_end
         connect_timeout: Duration::from_millis(500),
         ..OutboundConfig::default()
     };
-    let service = Arc::new(ServiceBalancer::new(SERVICE, &discovery, config.balance).unwrap());
     let tls = Arc::new(clusters.west_tls());
+    let ctx = Arc::new(OutboundContext::new(
+        Arc::new(discovery),
+        tls,
+        config,
+        ProxyMetrics::new(MetricsConfig::default()),
+        Tap::default(),
+    ));
     let outbound_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let outbound = outbound_listener.local_addr().unwrap();
     let (outbound_drain, outbound_watch) = drain::channel();
     let outbound_task = tokio::spawn(serve_mapped(
         outbound_listener,
-        service.clone(),
-        tls,
-        config,
+        Target::parse(SERVICE).unwrap(),
+        ctx,
         outbound_watch,
     ));
 
@@ -199,35 +211,90 @@ async fn unknown_services_and_wrong_identities_close_only_that_connection() {
     .unwrap();
     let err = unknown.connect(&tls, &config).await.unwrap_err();
     assert!(err.to_string().contains("is not a known service"), "{err}");
+}
 
-    // A tunnel endpoint (another cluster, through the gateway) is never picked while this proxy
-    // cannot use the gateway: a service with a local endpoint too keeps working...
-    let tunnel = format!(
-        r#"{{ "addr": "10.2.0.1:7000", "identity": "spiffe://far/ns/default/sa/echo", "cluster": "far",
-              "tunnel": {{ "cluster": "far", "authority": "{SERVICE}", "gateway": "127.0.0.1:4181",
-                           "gateway_identity": "spiffe://west/ns/mesh/sa/gateway", "remote_trust_domain": "far" }} }}"#
-    );
-    let mixed = StaticDiscovery::from_json(
-        "mixed.json",
+#[tokio::test]
+async fn a_service_in_a_linked_cluster_is_reached_through_the_gateway_with_end_to_end_identity() {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let clusters = Clusters::start(Some(EventHook::new(move |event| {
+        let _ = events_tx.send(event);
+    })))
+    .await;
+    let (west, east) = (&clusters.west, &clusters.east);
+    // West's gateway relays the tunnel to east's inbound proxy (standing in for the QUIC leg and
+    // the east gateway), naming the endpoint it picked.
+    let mut gateway = TunnelGateway::start(
+        &clusters.bundles,
+        west.creds("gateway"),
+        &west.td,
+        Answer::Relay {
+            identity: east.id("echo").to_string(),
+            upstream: format!("127.0.0.1:{}", clusters.inbound_port)
+                .parse()
+                .unwrap(),
+        },
+    )
+    .await;
+    let mirror = "echo-east.default.svc.cluster.local:7000";
+    let discovery = StaticDiscovery::from_json(
+        "test.json",
         &format!(
-            r#"{{ "{SERVICE}": {{ "endpoints": [ {tunnel}, {{ "addr": "127.0.0.1:{app_port}", "identity": "{}" }} ] }},
-                 "far.default.svc.cluster.local:7000": {{ "endpoints": [ {tunnel} ] }} }}"#,
-            east.id("echo")
+            r#"{{ "{mirror}": {{ "endpoints": [ {{
+                "addr": "10.9.0.1:{app_port}", "identity": "{id}", "cluster": "east",
+                "tunnel": {{ "cluster": "east", "authority": "{SERVICE}", "gateway": "{gw}",
+                             "gateway_identity": "{gw_id}", "remote_trust_domain": "east" }} }} ] }} }}"#,
+            app_port = clusters.app_port,
+            id = east.id("echo"),
+            gw = gateway.addr,
+            gw_id = west.id("gateway"),
         ),
     )
     .unwrap();
-    let service = ServiceBalancer::new(SERVICE, &mixed, config.balance).unwrap();
-    for _ in 0..10 {
-        service.connect(&tls, &config).await.unwrap();
-    }
-    // ...and one with only tunnel endpoints says why it cannot connect.
-    let far =
-        ServiceBalancer::new("far.default.svc.cluster.local:7000", &mixed, config.balance).unwrap();
-    let err = far.connect(&tls, &config).await.unwrap_err();
-    assert!(
-        err.to_string().contains("reached through the gateway"),
-        "{err}"
+    let ctx = Arc::new(OutboundContext::new(
+        Arc::new(discovery),
+        Arc::new(clusters.west_tls()),
+        OutboundConfig::default(),
+        ProxyMetrics::new(MetricsConfig::default()),
+        Tap::default(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let outbound = listener.local_addr().unwrap();
+    let (drain, watch) = drain::channel();
+    let task = tokio::spawn(serve_mapped(
+        listener,
+        Target::parse(mirror).unwrap(),
+        ctx,
+        watch,
+    ));
+
+    let mut app = TcpStream::connect(outbound).await.unwrap();
+    app.write_all(b"secret payload").await.unwrap();
+    app.shutdown().await.unwrap();
+    let mut echoed = String::new();
+    app.read_to_string(&mut echoed).await.unwrap();
+    assert_eq!(echoed, "secret payload");
+
+    // East saw the west workload itself, not the gateway.
+    let opened = loop {
+        if let InboundEvent::Opened { peer, .. } = events.recv().await.unwrap() {
+            break peer;
+        }
+    };
+    assert_eq!(opened, west.id("client"));
+    // The gateway was asked for east's service by its remote name, and carried only TLS.
+    let seen = gateway.seen().await;
+    let open = seen.open.unwrap();
+    assert_eq!(
+        (open.target_cluster.as_str(), open.authority.as_str()),
+        ("east", SERVICE)
     );
+    assert_eq!(seen.caller, Some(west.id("client")));
+    let carried = String::from_utf8_lossy(&seen.from_caller).into_owned();
+    assert!(!carried.contains("secret payload"));
+
+    drain.drain().await;
+    task.await.unwrap();
+    clusters.stop().await;
 }
 
 /// A discovery source whose answer the test replaces at will.

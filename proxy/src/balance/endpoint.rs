@@ -91,6 +91,11 @@ impl Endpoint {
         self.lock().ejection.is_available(now)
     }
 
+    /// Whether the endpoint's ejection backoff is over and its probe not yet sent.
+    pub(crate) fn is_half_open(&self, now: Instant) -> bool {
+        self.lock().ejection.health(now) == EndpointHealth::HalfOpen
+    }
+
     pub(crate) fn ejected_until(&self, now: Instant) -> Option<Instant> {
         self.lock().ejection.ejected_until(now)
     }
@@ -163,7 +168,12 @@ impl<A> InFlight<A> {
         self.resolved = true;
         let rtt = now.saturating_duration_since(self.started);
         let mut stats = self.endpoint.lock();
-        stats.rtt.record(rtt, now);
+        if self.probe {
+            // Back from ejection: the penalties that led there say nothing about it now.
+            stats.rtt.reset(rtt, now);
+        } else {
+            stats.rtt.record(rtt, now);
+        }
         stats.ejection.on_success(self.probe);
     }
 

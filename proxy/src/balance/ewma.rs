@@ -61,6 +61,14 @@ impl PeakEwma {
         self.updated_at = self.updated_at.max(now);
     }
 
+    /// Starts over from one sample taken at `now`, forgetting everything before it: for an
+    /// endpoint back from ejection, whose old estimate (failure penalties) says nothing about
+    /// how it performs now.
+    pub fn reset(&mut self, rtt: Duration, now: Instant) {
+        self.estimate_secs = rtt.as_secs_f64();
+        self.updated_at = now;
+    }
+
     /// The estimate at `now`: the stored one, decayed toward zero for the time since the last
     /// sample.
     pub fn estimate(&self, now: Instant) -> Duration {

@@ -145,8 +145,17 @@ impl<A: Clone + Eq + Hash> Balancer<A> {
                 .map(|(index, _)| index),
         );
 
+        // An endpoint whose ejection backoff is over gets its probe first: left to the power of
+        // two choices, the failure penalties in its estimate would keep it from ever being
+        // tried, and so from ever coming back.
+        let half_open = self
+            .available
+            .iter()
+            .copied()
+            .find(|&index| self.endpoints[index].1.is_half_open(now));
         let chosen = match self.available[..] {
             [] => return Err(self.all_ejected(now)),
+            _ if half_open.is_some() => half_open.unwrap_or_default(),
             [only] => only,
             _ => {
                 let count = self.available.len();

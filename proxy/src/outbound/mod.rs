@@ -12,28 +12,32 @@
 //! iptables-redirected connections and the HTTP authority come with the outbound listener for
 //! redirected and HTTP traffic.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_api::common::ProtocolHint;
 use mesh_trust::tls::{CertResolver, TlsError};
 use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio::time::Instant;
 
+mod http;
 mod listener;
+mod service;
+mod services;
 
-pub use listener::{OutboundContext, serve_outbound};
+pub use http::PROXY_ERROR_HEADER;
+pub use listener::{OutboundContext, Route, serve_mapped, serve_outbound};
+pub use service::{EndpointError, Picked, ServiceBalancer, Upstream};
+pub use services::{IDLE_TIMEOUT, Service, Services};
 
-use crate::balance::{BalanceConfig, Balancer, InFlight, PickError};
-use crate::discovery::{Destination, DestinationWatch, EndpointMeta, Resolve, Target};
-use crate::drain;
-use crate::tcp::{self, HopError};
-use crate::transport_header::{Authority, MeshTransportHeader};
+use crate::balance::{BalanceConfig, PickError};
+use crate::retry::BudgetConfig;
+use crate::transport_header::Authority;
+
+/// Server-speaks-first protocols, opaque unless configured otherwise: SMTP (25, 587), MySQL
+/// (3306), Galera (4444), PostgreSQL (5432), Redis (6379), Elasticsearch transport (9300),
+/// memcached (11211).
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 
 /// How outbound connections are made.
 #[derive(Debug, Clone)]
@@ -51,6 +55,26 @@ pub struct OutboundConfig {
     /// Concurrent connections per listener; more are refused (closed) at once.
     pub max_connections: usize,
     pub balance: BalanceConfig,
+    /// Destination ports whose connections are opaque TCP, without protocol detection: for
+    /// server-speaks-first protocols (SMTP, MySQL, ...), whose clients send nothing first.
+    pub opaque_ports: BTreeSet<u16>,
+    /// How long a new connection has to show what it speaks; a client still silent then is
+    /// forwarded as opaque TCP.
+    pub detect_timeout: Duration,
+    /// How long an HTTP request may wait for its response headers, retries included.
+    pub request_timeout: Duration,
+    /// Retries may add at most this much load to a destination.
+    pub retry_budget: BudgetConfig,
+    /// Request bodies up to this size are buffered so the request can be retried; larger ones
+    /// are streamed and never retried.
+    pub max_retry_body: usize,
+    /// Distinct destinations watched at once; more are refused until some are idle.
+    pub max_destinations: usize,
+    /// The most bytes of HTTP/1 request head (request line and headers) accepted from the
+    /// application; larger heads are answered 431.
+    pub max_header_bytes: usize,
+    /// How long the application may take to send a request head.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for OutboundConfig {
@@ -63,6 +87,14 @@ impl Default for OutboundConfig {
             max_attempts: 3,
             max_connections: 10_000,
             balance: BalanceConfig::default(),
+            opaque_ports: DEFAULT_OPAQUE_PORTS.into_iter().collect(),
+            detect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(30),
+            retry_budget: BudgetConfig::default(),
+            max_retry_body: 64 * 1024,
+            max_destinations: 10_000,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -81,20 +113,16 @@ pub enum OutboundError {
         authority: String,
         source: PickError,
     },
-    #[error(
-        "{authority}: endpoint {addr} is in cluster {cluster}, reached through the gateway, which this proxy cannot use yet"
-    )]
-    TunnelNotSupported {
-        authority: String,
-        addr: SocketAddr,
-        cluster: String,
-    },
     #[error("{authority}: no endpoint answered after {attempts} attempts; last: {last}")]
     Exhausted {
         authority: String,
         attempts: usize,
-        last: Box<HopError>,
+        last: Box<EndpointError>,
     },
+    #[error(
+        "{target}: already watching {max} destinations, the most allowed; raise max_destinations or wait for idle ones to be dropped"
+    )]
+    TooManyDestinations { target: String, max: usize },
     #[error("TLS configuration for {identity}: {source}")]
     Tls {
         identity: SpiffeId,
@@ -107,8 +135,11 @@ pub enum OutboundError {
 pub struct OutboundTls {
     bundles: SharedTrustBundles,
     certs: Arc<CertResolver>,
-    configs: Mutex<HashMap<(SpiffeId, &'static [u8]), Arc<rustls::ClientConfig>>>,
+    configs: Mutex<HashMap<ConfigKey, Arc<rustls::ClientConfig>>>,
 }
+
+/// A client config is for one expected peer identity and one ALPN.
+type ConfigKey = (SpiffeId, &'static [u8]);
 
 impl OutboundTls {
     pub fn new(bundles: SharedTrustBundles, certs: Arc<CertResolver>) -> Self {
@@ -117,6 +148,11 @@ impl OutboundTls {
             certs,
             configs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// This proxy's own identity, as its current certificate says.
+    pub fn identity(&self) -> SpiffeId {
+        self.certs.credentials().identity
     }
 
     /// The client config that requires exactly `identity` and offers only `alpn`
@@ -145,256 +181,6 @@ impl OutboundTls {
         configs.insert(key, config.clone());
         Ok(config)
     }
-}
-
-/// One service: its discovery watch and its balancer, shared by every connection to it.
-#[derive(Debug)]
-pub struct ServiceBalancer {
-    authority: String,
-    // Parsed once for the transport header of every meshed connection.
-    header_authority: Option<Authority>,
-    watch: DestinationWatch,
-    state: Mutex<BalancerState>,
-}
-
-#[derive(Debug)]
-struct BalancerState {
-    balancer: Balancer<SocketAddr>,
-    // The destination the balancer was last updated from, to update only on change.
-    last: Option<Arc<Destination>>,
-    endpoints: HashMap<SocketAddr, EndpointMeta>,
-}
-
-/// An open upstream connection.
-#[derive(Debug)]
-pub enum Upstream {
-    Meshed(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    Plain(TcpStream),
-}
-
-impl ServiceBalancer {
-    /// Starts watching `authority` through `resolve`.
-    pub fn new(
-        authority: &str,
-        resolve: &dyn Resolve,
-        config: BalanceConfig,
-    ) -> Result<Self, String> {
-        let target = Target::parse(authority).map_err(|e| e.to_string())?;
-        Ok(Self {
-            authority: authority.to_owned(),
-            header_authority: Authority::parse(authority).ok(),
-            watch: resolve.watch(target),
-            state: Mutex::new(BalancerState {
-                balancer: Balancer::new(config),
-                last: None,
-                endpoints: HashMap::new(),
-            }),
-        })
-    }
-
-    /// Connects to one endpoint of the service, trying others when one fails to connect.
-    pub async fn connect(
-        &self,
-        tls: &OutboundTls,
-        config: &OutboundConfig,
-    ) -> Result<(Upstream, InFlight<SocketAddr>), OutboundError> {
-        let first = self.resolved(config.resolve_timeout).await?;
-        if !first.exists {
-            return Err(OutboundError::NotFound(self.authority.clone()));
-        }
-        let attempts = config.max_attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            // Always the latest answer: a snapshot held across a slow attempt must not roll the
-            // balancer back to endpoints the controller has since removed.
-            let destination = self.watch.borrow().clone().unwrap_or_else(|| first.clone());
-            let (mut in_flight, endpoint) = self.pick(&destination)?;
-            // `?`: a local configuration problem says nothing about the endpoint, so no penalty.
-            let attempted = self.connect_endpoint(&endpoint, tls, config).await?;
-            let now = Instant::now();
-            match attempted {
-                Ok(upstream) => {
-                    in_flight.connected(now);
-                    return Ok((upstream, in_flight));
-                }
-                Err(error) => {
-                    tracing::debug!(authority = %self.authority, endpoint = %endpoint.addr, %error, "connect failed");
-                    in_flight.fail(now, &mut rand::rng());
-                    if attempt == attempts {
-                        return Err(OutboundError::Exhausted {
-                            authority: self.authority.clone(),
-                            attempts,
-                            last: Box::new(error),
-                        });
-                    }
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
-    async fn resolved(&self, timeout: Duration) -> Result<Arc<Destination>, OutboundError> {
-        let mut watch = self.watch.clone();
-        let ready = tokio::time::timeout(timeout, watch.wait_for(Option::is_some)).await;
-        match ready {
-            Ok(Ok(current)) => current
-                .clone()
-                .ok_or_else(|| OutboundError::ResolveTimeout(self.authority.clone())),
-            _ => Err(OutboundError::ResolveTimeout(self.authority.clone())),
-        }
-    }
-
-    fn pick(
-        &self,
-        destination: &Arc<Destination>,
-    ) -> Result<(InFlight<SocketAddr>, EndpointMeta), OutboundError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let changed = !state
-            .last
-            .as_ref()
-            .is_some_and(|last| Arc::ptr_eq(last, destination));
-        if changed {
-            // Tunnel endpoints need the gateway, which this proxy cannot use yet; they stay out of
-            // the balancer so that a service with local endpoints keeps working.
-            let ready: Vec<&EndpointMeta> = destination
-                .endpoints
-                .iter()
-                .filter(|e| e.ready && e.tunnel.is_none())
-                .collect();
-            state.balancer.update(ready.iter().map(|e| e.addr), now);
-            state.endpoints = ready.into_iter().map(|e| (e.addr, e.clone())).collect();
-            state.last = Some(destination.clone());
-        }
-        let in_flight = match state.balancer.pick(now, &mut rand::rng()) {
-            Ok(in_flight) => in_flight,
-            Err(source) => return Err(self.no_endpoint(destination, source)),
-        };
-        let endpoint = state
-            .endpoints
-            .get(in_flight.addr())
-            .cloned()
-            .ok_or_else(|| OutboundError::NoEndpoint {
-                authority: self.authority.clone(),
-                source: PickError::NoEndpoints,
-            })?;
-        Ok((in_flight, endpoint))
-    }
-
-    // Nothing to pick. If the service does have ready endpoints, all behind the gateway, say so
-    // rather than "no endpoints".
-    fn no_endpoint(&self, destination: &Destination, source: PickError) -> OutboundError {
-        let tunnelled = destination
-            .endpoints
-            .iter()
-            .find_map(|e| Some((e, e.tunnel.as_ref()?)).filter(|(e, _)| e.ready));
-        match tunnelled {
-            Some((endpoint, tunnel)) => OutboundError::TunnelNotSupported {
-                authority: self.authority.clone(),
-                addr: endpoint.addr,
-                cluster: tunnel.cluster.clone(),
-            },
-            None => OutboundError::NoEndpoint {
-                authority: self.authority.clone(),
-                source,
-            },
-        }
-    }
-
-    /// The outer error is local (TLS configuration); the inner one is the endpoint's failure.
-    async fn connect_endpoint(
-        &self,
-        endpoint: &EndpointMeta,
-        tls: &OutboundTls,
-        config: &OutboundConfig,
-    ) -> Result<Result<Upstream, HopError>, OutboundError> {
-        Ok(match &endpoint.identity {
-            Some(identity) => {
-                let client = tls.config_for(identity, mesh_api::ports::ALPN_OPAQUE)?;
-                // The endpoint's proxy listens on the inbound port; the header names the app's.
-                let proxy = SocketAddr::new(endpoint.addr.ip(), config.inbound_port);
-                let header = MeshTransportHeader {
-                    port: endpoint.addr.port(),
-                    authority: self.header_authority.clone(),
-                    protocol: ProtocolHint::Opaque,
-                };
-                tcp::connect_meshed(proxy, identity, client, &header, config.connect_timeout)
-                    .await
-                    .map(|s| Upstream::Meshed(Box::new(s)))
-            }
-            None => tcp::connect_plain(endpoint.addr, config.connect_timeout)
-                .await
-                .map(Upstream::Plain),
-        })
-    }
-}
-
-/// Serves an explicit listener: every accepted connection goes to `service`. Returns once
-/// drained and every connection has finished.
-pub async fn serve_mapped(
-    listener: TcpListener,
-    service: Arc<ServiceBalancer>,
-    tls: Arc<OutboundTls>,
-    config: OutboundConfig,
-    mut watch: drain::Watch,
-) {
-    let config = Arc::new(config);
-    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    // Owned here, so that dropping this future aborts every connection it started.
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            () = watch.signaled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => accepted,
-        };
-        let (client, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors, say: back off rather than spin.
-                tracing::warn!(%error, "outbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, authority = %service.authority, "refusing connection: too many open outbound connections");
-            continue;
-        };
-        let retain = watch.retain();
-        let (service, tls, config) = (service.clone(), tls.clone(), config.clone());
-        connections.spawn(async move {
-            let _permit = permit;
-            let _retain = retain;
-            if let Err(error) = proxy_connection(client, &service, &tls, &config).await {
-                tracing::info!(%peer, %error, "outbound connection closed");
-            }
-        });
-    }
-    // Draining: stop accepting, let the connections finish.
-    drop(listener);
-    while connections.join_next().await.is_some() {}
-}
-
-async fn proxy_connection(
-    mut client: TcpStream,
-    service: &ServiceBalancer,
-    tls: &OutboundTls,
-    config: &OutboundConfig,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let _ = client.set_nodelay(true);
-    let (upstream, in_flight) = service.connect(tls, config).await?;
-    let result = match upstream {
-        Upstream::Meshed(mut stream) => {
-            tcp::splice(&mut client, &mut *stream, config.idle_timeout).await
-        }
-        Upstream::Plain(mut stream) => {
-            tcp::splice(&mut client, &mut stream, config.idle_timeout).await
-        }
-    };
-    in_flight.finish(Instant::now());
-    result?;
-    Ok(())
 }
 
 /// Parses an `--outbound-map` entry, `LISTEN_ADDR=AUTHORITY`

@@ -8,15 +8,14 @@
 //!   to `local_app_ip:port` and splices. Bounded in connections and in time per phase; drains.
 //! - [`splice`]: the two-way copy both ends finish with: bounded buffers, half-close, idle timeout.
 //!
-//! Not handled here yet, by design, each refused with a typed [`InboundError`] and a log line:
-//! - `mesh.h2` connections ([`InboundError::Http2NotServed`]): the HTTP/2 hop will take them
-//!   over after the handshake.
-//! - Non-meshed inbound traffic ([`InboundError::NotMeshed`]): it belongs to the original
-//!   destination that iptables redirected, which `crate::orig_dst` will supply.
+//! `mesh.h2` connections are served by [`crate::http::inbound`] once the handshake and header are
+//! done; non-meshed traffic that iptables redirected goes to its original destination port on the
+//! application (via [`crate::orig_dst`]), and only traffic that was not redirected gets
+//! [`InboundError::NotMeshed`].
 
 mod inbound;
 mod outbound;
-mod replay;
+pub(crate) mod replay;
 mod splice;
 
 pub use self::inbound::{EventHook, InboundConfig, InboundError, InboundEvent, serve_inbound};
