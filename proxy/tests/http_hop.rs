@@ -96,6 +96,7 @@ impl Hop {
             app_port: app.port(),
             identity: east.id("web"),
             authority: Some(Authority::parse("web.default.svc.cluster.local:8080").unwrap()),
+            tunnel: None,
         };
         Self {
             client_id: west.id("client"),

@@ -9,6 +9,8 @@ mod apps;
 mod http_app;
 #[path = "support/mesh_pki.rs"]
 mod pki;
+#[path = "support/tunnel_gateway.rs"]
+mod tunnel_gateway;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -677,5 +679,69 @@ async fn a_websocket_upgrade_goes_through_the_outbound_listener() {
     assert_eq!(&echoed, b"ping over the upgraded stream");
     drop(conn);
     west.stop().await;
+    east.stop().await;
+}
+
+#[tokio::test]
+async fn http_to_a_linked_cluster_rides_one_tunnel_through_the_gateway() {
+    let west_domain = Domain::new("west");
+    let east = East::start(&west_domain).await;
+    let bundles = pki::bundles(&[&west_domain, &east.domain]);
+    let mut gateway = tunnel_gateway::TunnelGateway::start(
+        &bundles,
+        west_domain.creds("gateway"),
+        &west_domain.td,
+        tunnel_gateway::Answer::Relay {
+            identity: east.domain.id("web").to_string(),
+            upstream: format!("127.0.0.1:{}", east.inbound_port).parse().unwrap(),
+        },
+    )
+    .await;
+    let json = format!(
+        r#"{{ "web-east.default.svc.cluster.local:80": {{ "endpoints": [ {{
+            "addr": "10.9.0.1:{port}", "identity": "{id}", "cluster": "east",
+            "tunnel": {{ "cluster": "east", "authority": "web.default.svc.cluster.local:80",
+                         "gateway": "{gw}", "gateway_identity": "{gw_id}",
+                         "remote_trust_domain": "east" }} }} ] }} }}"#,
+        port = east.app.port(),
+        id = east.domain.id("web"),
+        gw = gateway.addr,
+        gw_id = west_domain.id("gateway"),
+    );
+    let west = West::start_trusting(&json, |_| {}, None, &west_domain, Some(&east.domain)).await;
+
+    for _ in 0..5 {
+        let tcp = TcpStream::connect(west.addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri("/remote")
+            .header(http::header::HOST, "web-east.default.svc.cluster.local")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = send.send_request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        // East's app was told the west workload called: identity end to end, through the
+        // gateway.
+        assert_eq!(
+            response
+                .headers()
+                .get("x-client-id")
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            west_domain.id("client").to_string()
+        );
+    }
+    west.stop().await;
+    // Five requests, one pooled mesh.h2 connection, so one tunnel; the gateway saw only TLS.
+    let seen = gateway.seen().await;
+    let open = seen.open.unwrap();
+    assert_eq!(open.target_cluster, "east");
+    assert_eq!(open.authority, "web.default.svc.cluster.local:80");
+    assert!(!String::from_utf8_lossy(&seen.from_caller).contains("/remote"));
     east.stop().await;
 }

@@ -51,9 +51,12 @@ use super::active::{ActiveGuard, ActiveStreams};
 use super::error_chain::chain;
 use super::orig_proto::{self, ORIG_PROTO, OrigProtoError, UPGRADE_STATUS};
 use super::{Body, BoxError};
+use crate::discovery::TunnelMeta;
 use crate::outbound::{OutboundError, OutboundTls};
 use crate::tcp::{self, HopError, SPLICE_BUFFER_SIZE};
 use crate::transport_header::{Authority, MeshTransportHeader};
+use crate::tunnel::{TunnelError, connect_tunnelled};
+use tokio_util::either::Either;
 
 /// How the hop's connections are made and kept.
 #[derive(Clone, Debug)]
@@ -86,6 +89,10 @@ pub struct MeshEndpoint {
     /// The service authority the caller addressed: carried in the transport header, and the
     /// `:authority` of an HTTP/1.0 request that had no `Host`.
     pub authority: Option<Authority>,
+    /// Set for an endpoint in a linked cluster: `proxy` is then the local gateway's egress
+    /// address, the connection runs through a tunnel, and the identity required in the inner
+    /// handshake is the one the remote gateway reports for the endpoint it picked.
+    pub tunnel: Option<TunnelMeta>,
 }
 
 /// The outbound end of the `mesh.h2` hop. Cheap to clone: clones share the connections.
@@ -138,6 +145,8 @@ pub enum ConnectError {
     Tls(OutboundError),
     #[error(transparent)]
     Hop(HopError),
+    #[error(transparent)]
+    Tunnel(TunnelError),
     #[error("HTTP/2 handshake failed: {}", chain(.0))]
     Handshake(hyper::Error),
     #[error("the connection attempt was abandoned")]
@@ -150,6 +159,8 @@ struct EndpointKey {
     proxy: SocketAddr,
     identity: SpiffeId,
     app_port: u16,
+    /// For a tunnel: the remote cluster and service authority.
+    tunnel: Option<(String, String)>,
 }
 
 struct Inner {
@@ -249,6 +260,10 @@ impl MeshH2Client {
             proxy: endpoint.proxy,
             identity: endpoint.identity.clone(),
             app_port: endpoint.app_port,
+            tunnel: endpoint
+                .tunnel
+                .as_ref()
+                .map(|t| (t.cluster.clone(), t.authority.clone())),
         };
         // Once: a request that a just-opened connection could not take either is not retried
         // again.
@@ -325,9 +340,12 @@ impl Inner {
                 Some(Slot::Connecting { ready, .. }) => ready.clone(),
                 _ => {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let ready = self
-                        .clone()
-                        .open(key.clone(), endpoint.authority.clone(), id);
+                    let ready = self.clone().open(
+                        key.clone(),
+                        endpoint.authority.clone(),
+                        endpoint.tunnel.clone(),
+                        id,
+                    );
                     pool.insert(
                         key.clone(),
                         Slot::Connecting {
@@ -357,13 +375,14 @@ impl Inner {
         self: Arc<Self>,
         key: EndpointKey,
         authority: Option<Authority>,
+        tunnel: Option<TunnelMeta>,
         id: u64,
     ) -> Connecting {
         // Weak: the future lives in the pool, which must not keep its owner alive.
         let pool = Arc::downgrade(&self);
         let attempt = key.clone();
         let task = tokio::spawn(async move {
-            let opened = self.connect(&key, authority, id).await;
+            let opened = self.connect(&key, authority, tunnel.as_ref(), id).await;
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             let ours = matches!(pool.get(&key), Some(Slot::Connecting { id: current, .. }) if *current == id);
             match &opened {
@@ -395,32 +414,59 @@ impl Inner {
     }
 
     /// TCP, mTLS, transport header, HTTP/2; then a task drives the connection until it ends.
+    /// Through the gateway for a tunnel endpoint.
     async fn connect(
         self: &Arc<Self>,
         key: &EndpointKey,
         authority: Option<Authority>,
+        tunnel: Option<&TunnelMeta>,
         id: u64,
     ) -> Result<Conn, Arc<ConnectError>> {
         let config = &self.config;
-        let tls = self
-            .tls
-            .config_for(&key.identity, ALPN_H2)
-            .map_err(|e| Arc::new(ConnectError::Tls(e)))?;
-        let header = MeshTransportHeader {
-            port: key.app_port,
-            authority,
-            protocol: ProtocolHint::Http,
+        let stream = match tunnel {
+            Some(tunnel) => {
+                // The remote service in its own cluster's names.
+                let header = MeshTransportHeader {
+                    port: key.app_port,
+                    authority: Authority::parse(&tunnel.authority).ok().or(authority),
+                    protocol: ProtocolHint::Http,
+                };
+                let own = self.tls.identity();
+                let (stream, _) = connect_tunnelled(
+                    &self.tls,
+                    &own,
+                    tunnel,
+                    ALPN_H2,
+                    &header,
+                    config.connect_timeout,
+                )
+                .await
+                .map_err(|e| Arc::new(ConnectError::Tunnel(e)))?;
+                Either::Right(stream)
+            }
+            None => {
+                let tls = self
+                    .tls
+                    .config_for(&key.identity, ALPN_H2)
+                    .map_err(|e| Arc::new(ConnectError::Tls(e)))?;
+                let header = MeshTransportHeader {
+                    port: key.app_port,
+                    authority,
+                    protocol: ProtocolHint::Http,
+                };
+                let stream = tcp::connect_meshed_alpn(
+                    key.proxy,
+                    &key.identity,
+                    tls,
+                    ALPN_H2,
+                    &header,
+                    config.connect_timeout,
+                )
+                .await
+                .map_err(|e| Arc::new(ConnectError::Hop(e)))?;
+                Either::Left(stream)
+            }
         };
-        let stream = tcp::connect_meshed_alpn(
-            key.proxy,
-            &key.identity,
-            tls,
-            ALPN_H2,
-            &header,
-            config.connect_timeout,
-        )
-        .await
-        .map_err(|e| Arc::new(ConnectError::Hop(e)))?;
 
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder

@@ -100,11 +100,21 @@ impl HttpClients {
         let endpoint = &picked.endpoint;
         match &endpoint.identity {
             Some(identity) => {
-                let target = MeshEndpoint {
-                    proxy: SocketAddr::new(endpoint.addr.ip(), self.inbound_port),
-                    app_port: endpoint.addr.port(),
-                    identity: identity.clone(),
-                    authority: picked.authority.clone(),
+                let target = match &endpoint.tunnel {
+                    Some(tunnel) => MeshEndpoint {
+                        proxy: tunnel.gateway,
+                        app_port: endpoint.addr.port(),
+                        identity: identity.clone(),
+                        authority: picked.authority.clone(),
+                        tunnel: Some(tunnel.clone()),
+                    },
+                    None => MeshEndpoint {
+                        proxy: SocketAddr::new(endpoint.addr.ip(), self.inbound_port),
+                        app_port: endpoint.addr.port(),
+                        identity: identity.clone(),
+                        authority: picked.authority.clone(),
+                        tunnel: None,
+                    },
                 };
                 self.mesh.send(&target, req).await.map_err(SendError::Mesh)
             }
