@@ -654,7 +654,7 @@ impl Conditions {
             missing.push("a valid leaf certificate");
         }
         if !self.discovery {
-            missing.push("the controller");
+            missing.push("discovery");
         }
         if !self.bundles {
             missing.push("trust bundles");
