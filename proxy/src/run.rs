@@ -107,22 +107,28 @@ pub struct Running {
 
 /// A proxy whose listeners are bound and whose files are read: [`Proxy::serve`] runs it.
 pub struct Proxy {
+    admin: TcpListener,
+    listeners: Listeners,
+    parts: Parts,
+}
+
+/// The listeners of the data path (and the tap).
+struct Listeners {
+    inbound: TcpListener,
+    outbound: TcpListener,
+    tap: TcpListener,
+    maps: Vec<(TcpListener, OutboundMap)>,
+}
+
+/// What a bound proxy knows before it serves.
+struct Parts {
     config: ProxyConfig,
     running: Running,
-    listeners: Listeners,
     trust_file: Option<mesh_trust::TrustBundleSet>,
     identity: PreparedIdentity,
     /// This workload's SPIFFE ID, known before its certificate is.
     own_identity: SpiffeId,
     discovery: PreparedDiscovery,
-}
-
-struct Listeners {
-    inbound: TcpListener,
-    outbound: TcpListener,
-    admin: TcpListener,
-    tap: TcpListener,
-    maps: Vec<(TcpListener, OutboundMap)>,
 }
 
 enum PreparedIdentity {
@@ -257,50 +263,57 @@ impl Proxy {
                     .await
                     .map_err(RunError::DiscoveryFile)?,
             )),
-            DiscoverySource::Controller { addr } => PreparedDiscovery::Controller(addr.clone()),
+            DiscoverySource::Controller { addr } => {
+                if addr.tls && rustls_pki_types::ServerName::try_from(addr.host.as_str()).is_err() {
+                    return Err(discovery_error(
+                        addr,
+                        "the host is neither a DNS name nor an IP address".into(),
+                    ));
+                }
+                PreparedDiscovery::Controller(addr.clone())
+            }
         };
 
         Ok(Self {
-            running: Running {
-                inbound: inbound_addr,
-                outbound: outbound_addr,
-                admin: admin_addr,
-                tap: tap_addr,
-                maps: map_addrs,
-            },
+            admin,
             listeners: Listeners {
                 inbound,
                 outbound,
-                admin,
                 tap,
                 maps,
             },
-            config,
-            trust_file,
-            identity,
-            own_identity,
-            discovery,
+            parts: Parts {
+                running: Running {
+                    inbound: inbound_addr,
+                    outbound: outbound_addr,
+                    admin: admin_addr,
+                    tap: tap_addr,
+                    maps: map_addrs,
+                },
+                config,
+                trust_file,
+                identity,
+                own_identity,
+                discovery,
+            },
         })
     }
 
     /// Where the proxy listens.
     pub fn running(&self) -> &Running {
-        &self.running
+        &self.parts.running
     }
 
     /// Serves until `shutdown` completes or `POST /shutdown` asks, then drains.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let Proxy {
-            config,
-            running,
+            admin,
             listeners,
-            trust_file,
-            identity,
-            own_identity,
-            discovery,
+            parts,
         } = self;
+        let running = &parts.running;
         tracing::info!(
-            identity = %own_identity,
+            identity = %parts.own_identity,
             inbound = %running.inbound,
             outbound = %running.outbound,
             admin = %running.admin,
@@ -308,259 +321,321 @@ impl Proxy {
             maps = %Addrs(&running.maps),
             "listening"
         );
-        let metrics = ProxyMetrics::default();
-        let tap = Tap::default();
-        let health = Arc::new(Health::default());
+        let shared = Shared {
+            metrics: ProxyMetrics::default(),
+            tap: Tap::default(),
+            health: Arc::new(Health::default()),
+        };
         let (trigger, mut requests) = admin::shutdown_channel();
-        let mut stop = std::pin::pin!(async move {
+        let stop = std::pin::pin!(async move {
             tokio::select! {
                 () = shutdown => {}
                 () = requests.requested() => {}
             }
         });
 
+        // The admin server runs from first to last, so that probes always get an answer.
         let (admin_drain, admin_watch) = drain::channel();
-        let admin_state = AdminState::new(metrics.clone(), health.readiness.clone(), trigger);
+        let admin_state = AdminState::new(
+            shared.metrics.clone(),
+            shared.health.readiness.clone(),
+            trigger,
+        );
         let admin_task = tokio::spawn(async move {
-            if let Err(error) = admin::serve(listeners.admin, admin_state, admin_watch).await {
+            if let Err(error) = admin::serve(admin, admin_state, admin_watch).await {
                 tracing::error!(%error, "the admin server stopped; /ready and /metrics are gone");
             }
         });
 
-        // Tasks that keep state fresh; they hold no connection, so they are stopped, not drained.
-        let mut background = JoinSet::new();
-        let trust = Arc::new(TrustState::new(trust_file, health.clone()));
-        if let Some(path) = config.trust_bundle.clone() {
-            background.spawn(bundles::reload_file(
-                path,
-                trust.clone(),
-                config.reload_interval,
-            ));
-        }
+        let result = serve_traffic(parts, listeners, &shared, stop).await;
 
-        // Over plaintext the controller's bundles can flow before this proxy has a certificate,
-        // which an identity service checked against them may need.
-        let mut controller_channel = None;
-        if let PreparedDiscovery::Controller(addr) = &discovery
-            && !addr.tls
-        {
-            let channel =
-                controller::channel(addr, None, config.connect_timeout).map_err(|reason| {
-                    RunError::Controller {
-                        flag: "--discovery-addr",
-                        addr: addr.clone(),
-                        reason,
-                    }
-                })?;
-            background.spawn(bundles::follow_controller(
-                channel.clone(),
-                own_identity.to_string(),
-                trust.clone(),
-            ));
-            controller_channel = Some(channel);
-        }
-
-        let controller_identity = config.controller_identity_for(&own_identity);
-        let certs = match identity {
-            PreparedIdentity::Dir {
-                dir,
-                files,
-                resolver,
-            } => {
-                background.spawn(identity::reload_dir(
-                    dir,
-                    files,
-                    resolver.clone(),
-                    config.reload_interval,
-                    health.clone(),
-                ));
-                resolver
-            }
-            PreparedIdentity::Service { addr, token_file } => {
-                let Some(controller) = controller_identity.clone() else {
-                    return Err(RunError::Controller {
-                        flag: "--identity-addr",
-                        addr,
-                        reason: "no --controller-identity, and none follows from this workload's"
-                            .into(),
-                    });
-                };
-                let bundles = trust.shared();
-                let obtain = identity::obtain(
-                    &addr,
-                    &own_identity,
-                    &controller,
-                    &token_file,
-                    &bundles,
-                    config.rotation,
-                );
-                let obtained = tokio::select! {
-                    obtained = obtain => Some(obtained),
-                    () = &mut stop => None,
-                };
-                let Some((resolver, rotator)) = obtained else {
-                    tracing::info!("shutting down before an identity was obtained");
-                    stop_admin(admin_drain, admin_task).await;
-                    background.shutdown().await;
-                    return Ok(());
-                };
-                background.spawn(rotator.run(std::future::pending()));
-                resolver
-            }
-        };
-        health.update(|c| c.identity = true);
-
-        let resolve: Arc<dyn Resolve> = match discovery {
-            PreparedDiscovery::File(discovery) => {
-                health.update(|c| c.discovery = true);
-                discovery
-            }
-            PreparedDiscovery::Controller(addr) => {
-                let channel = match controller_channel {
-                    Some(channel) => channel,
-                    None => {
-                        let tls = controller_identity.map(|controller| controller::ChannelTls {
-                            bundles: trust.shared(),
-                            certs: certs.clone(),
-                            controller,
-                        });
-                        let channel = controller::channel(&addr, tls, config.connect_timeout)
-                            .map_err(|reason| RunError::Controller {
-                                flag: "--discovery-addr",
-                                addr: addr.clone(),
-                                reason,
-                            })?;
-                        background.spawn(bundles::follow_controller(
-                            channel.clone(),
-                            own_identity.to_string(),
-                            trust.clone(),
-                        ));
-                        channel
-                    }
-                };
-                let options = GrpcDiscoveryOptions {
-                    caller_identity: own_identity.to_string(),
-                    ..GrpcDiscoveryOptions::default()
-                };
-                Arc::new(GrpcDiscovery::new(channel, options))
-            }
-        };
-
-        let server_tls = mesh_trust::tls::server_config(
-            trust.shared(),
-            PeerPolicy::AnyDomain,
-            certs.clone(),
-            &[ALPN_OPAQUE, ALPN_H2],
-        )?;
-        let mut inbound = InboundConfig::new(Arc::new(server_tls));
-        inbound.local_app_ip = config.app_ip;
-        inbound.detect_timeout = config.detect_timeout;
-        inbound.app_connect_timeout = config.connect_timeout;
-        inbound.idle_timeout = config.idle_timeout;
-        inbound.max_connections = config.max_connections;
-        inbound.denied_ports.extend(
-            [
-                running.inbound,
-                running.outbound,
-                running.admin,
-                running.tap,
-            ]
-            .iter()
-            .chain(&running.maps)
-            .map(SocketAddr::port),
-        );
-        inbound.metrics = Some(metrics.clone());
-        inbound.tap = Some(tap.clone());
-
-        let outbound_tls = Arc::new(OutboundTls::new(trust.shared(), certs.clone()));
-        let outbound = OutboundConfig {
-            inbound_port: config.peer_inbound_port,
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-            max_connections: config.max_connections,
-            ..OutboundConfig::default()
-        };
-        // Built before anything is served, so that a bad map stops the start-up whole.
-        let mut mapped = Vec::with_capacity(listeners.maps.len());
-        for (listener, map) in listeners.maps {
-            let service = ServiceBalancer::new(&map.authority, &*resolve, outbound.balance)
-                .map_err(|reason| RunError::OutboundMap {
-                    listen: map.listen,
-                    authority: map.authority.clone(),
-                    reason,
-                })?;
-            mapped.push((listener, Arc::new(service)));
-        }
-
-        let (drain, watch) = drain::channel();
-        let mut serving = JoinSet::new();
-        serving.spawn(named(
-            "inbound",
-            serve_inbound(listeners.inbound, inbound, watch.clone()),
-        ));
-        let context = OutboundContext {
-            resolve: resolve.clone(),
-            tls: outbound_tls.clone(),
-            config: outbound.clone(),
-            metrics: metrics.clone(),
-            tap: tap.clone(),
-        };
-        serving.spawn(named(
-            "outbound",
-            serve_outbound(listeners.outbound, Arc::new(context), watch.clone()),
-        ));
-        for (listener, service) in mapped {
-            let serve = serve_mapped(
-                listener,
-                service,
-                outbound_tls.clone(),
-                outbound.clone(),
-                watch.clone(),
-            );
-            serving.spawn(named("outbound map", serve));
-        }
-        serving.spawn(named("tap", refuse_tap(listeners.tap, watch.clone())));
-        drop(watch);
-
-        // Serve until asked to stop; a listener that ends by itself is a failure, and drains too.
-        let result = tokio::select! {
-            () = &mut stop => Ok(()),
-            Some(ended) = serving.join_next() => {
-                let name = match ended {
-                    Ok(name) => name,
-                    Err(error) => {
-                        tracing::error!(%error, "a listener task failed");
-                        "unknown"
-                    }
-                };
-                tracing::error!(listener = name, "a listener stopped while serving; draining");
-                Err(RunError::ListenerStopped(name))
-            }
-        };
-
-        health.update(|c| c.draining = true);
-        tracing::info!(grace = ?config.shutdown_grace, "draining: no new connections; waiting for the open ones");
-        match tokio::time::timeout(config.shutdown_grace, drain.drain()).await {
-            Ok(()) => tracing::info!("drained"),
-            Err(_) => tracing::warn!(
-                grace = ?config.shutdown_grace,
-                "the shutdown grace ran out; closing the connections still open"
-            ),
-        }
-        // Aborts what is left: listeners' connection sets are dropped with them.
-        serving.shutdown().await;
-        background.shutdown().await;
         stop_admin(admin_drain, admin_task).await;
         tracing::info!("stopped");
         result
     }
 }
 
+/// What every part of a running proxy shares.
+struct Shared {
+    metrics: ProxyMetrics,
+    tap: Tap,
+    health: Arc<Health>,
+}
+
+/// The trust bundles and the workload certificate every mesh TLS config is built from.
+struct MeshTls {
+    bundles: mesh_trust::SharedTrustBundles,
+    certs: Arc<CertResolver>,
+}
+
+/// Everything but the admin server: trust, identity, discovery, the listeners, the drain.
+/// Background tasks (reloads, streams, renewals) live in a set dropped on return, which stops
+/// them, whichever way this returns.
+async fn serve_traffic(
+    parts: Parts,
+    listeners: Listeners,
+    shared: &Shared,
+    mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), RunError> {
+    let Parts {
+        config,
+        running,
+        trust_file,
+        identity,
+        own_identity,
+        discovery,
+    } = parts;
+    let health = &shared.health;
+    let mut background = JoinSet::new();
+    let trust = Arc::new(TrustState::new(trust_file, health.clone()));
+    if let Some(path) = config.trust_bundle.clone() {
+        background.spawn(bundles::reload_file(
+            path,
+            trust.clone(),
+            config.reload_interval,
+        ));
+    }
+
+    // Over plaintext, the controller's bundles can flow before this proxy has a certificate,
+    // which an identity service checked against them may need.
+    let mut plaintext_channel = None;
+    if let PreparedDiscovery::Controller(addr) = &discovery
+        && !addr.tls
+    {
+        let channel = controller::channel(addr, None, config.connect_timeout)
+            .map_err(|reason| discovery_error(addr, reason))?;
+        background.spawn(bundles::follow_controller(
+            channel.clone(),
+            own_identity.to_string(),
+            trust.clone(),
+        ));
+        plaintext_channel = Some(channel);
+    }
+
+    let controller_identity = config.controller_identity_for(&own_identity);
+    let certs = match identity {
+        PreparedIdentity::Dir {
+            dir,
+            files,
+            resolver,
+        } => {
+            background.spawn(identity::reload_dir(
+                dir,
+                files,
+                resolver.clone(),
+                config.reload_interval,
+                health.clone(),
+            ));
+            resolver
+        }
+        PreparedIdentity::Service { addr, token_file } => {
+            let Some(controller) = controller_identity.clone() else {
+                return Err(no_controller_identity("--identity-addr", addr));
+            };
+            let bundles = trust.shared();
+            let obtain = identity::obtain(
+                &addr,
+                &own_identity,
+                &controller,
+                &token_file,
+                &bundles,
+                config.rotation,
+            );
+            let obtained = tokio::select! {
+                obtained = obtain => Some(obtained),
+                () = &mut stop => None,
+            };
+            let Some((resolver, rotator)) = obtained else {
+                tracing::info!("shutting down before an identity was obtained");
+                return Ok(());
+            };
+            background.spawn(rotator.run(std::future::pending()));
+            resolver
+        }
+    };
+    health.update(|c| c.identity = true);
+
+    let resolve: Arc<dyn Resolve> = match discovery {
+        PreparedDiscovery::File(discovery) => {
+            health.update(|c| c.discovery = true);
+            discovery
+        }
+        PreparedDiscovery::Controller(addr) => {
+            let channel = match plaintext_channel {
+                Some(channel) => channel,
+                None => {
+                    let Some(controller) = controller_identity else {
+                        return Err(no_controller_identity("--discovery-addr", addr));
+                    };
+                    let tls = controller::ChannelTls {
+                        bundles: trust.shared(),
+                        certs: certs.clone(),
+                        controller,
+                    };
+                    let channel = controller::channel(&addr, Some(tls), config.connect_timeout)
+                        .map_err(|reason| discovery_error(&addr, reason))?;
+                    background.spawn(bundles::follow_controller(
+                        channel.clone(),
+                        own_identity.to_string(),
+                        trust.clone(),
+                    ));
+                    channel
+                }
+            };
+            let options = GrpcDiscoveryOptions {
+                caller_identity: own_identity.to_string(),
+                ..GrpcDiscoveryOptions::default()
+            };
+            Arc::new(GrpcDiscovery::new(channel, options))
+        }
+    };
+
+    let (drain, watch) = drain::channel();
+    let mesh_tls = MeshTls {
+        bundles: trust.shared(),
+        certs,
+    };
+    let mut serving = start_listeners(
+        &config, &running, listeners, shared, &mesh_tls, resolve, &watch,
+    )?;
+    drop(watch);
+
+    // Serve until asked to stop. A listener that ends by itself is a failure, and drains too.
+    let result = tokio::select! {
+        () = &mut stop => Ok(()),
+        Some(ended) = serving.join_next() => {
+            let name = ended.unwrap_or_else(|error| {
+                tracing::error!(%error, "a listener task failed");
+                "unknown"
+            });
+            tracing::error!(listener = name, "a listener stopped while serving; draining");
+            Err(RunError::ListenerStopped(name))
+        }
+    };
+
+    health.update(|c| c.draining = true);
+    tracing::info!(grace = ?config.shutdown_grace, "draining: no new connections; waiting for the open ones");
+    match tokio::time::timeout(config.shutdown_grace, drain.drain()).await {
+        Ok(()) => tracing::info!("drained"),
+        Err(_) => tracing::warn!(
+            grace = ?config.shutdown_grace,
+            "the shutdown grace ran out; closing the connections still open"
+        ),
+    }
+    // Aborts what is left: each listener's connections are dropped with it.
+    serving.shutdown().await;
+    result
+}
+
+/// Builds the inbound and outbound configs and serves every data listener under `watch`. The
+/// maps' services are built before anything is served, so that a bad map fails the start whole.
+fn start_listeners(
+    config: &ProxyConfig,
+    running: &Running,
+    listeners: Listeners,
+    shared: &Shared,
+    tls: &MeshTls,
+    resolve: Arc<dyn Resolve>,
+    watch: &drain::Watch,
+) -> Result<JoinSet<&'static str>, RunError> {
+    let server_tls = mesh_trust::tls::server_config(
+        tls.bundles.clone(),
+        PeerPolicy::AnyDomain,
+        tls.certs.clone(),
+        &[ALPN_OPAQUE, ALPN_H2],
+    )?;
+    let mut inbound = InboundConfig::new(Arc::new(server_tls));
+    inbound.local_app_ip = config.app_ip;
+    inbound.detect_timeout = config.detect_timeout;
+    inbound.app_connect_timeout = config.connect_timeout;
+    inbound.idle_timeout = config.idle_timeout;
+    inbound.max_connections = config.max_connections;
+    // A meshed peer may never name one of this proxy's own ports.
+    inbound.denied_ports.extend(
+        [
+            running.inbound,
+            running.outbound,
+            running.admin,
+            running.tap,
+        ]
+        .iter()
+        .chain(&running.maps)
+        .map(SocketAddr::port),
+    );
+    inbound.metrics = Some(shared.metrics.clone());
+    inbound.tap = Some(shared.tap.clone());
+
+    let outbound_tls = Arc::new(OutboundTls::new(tls.bundles.clone(), tls.certs.clone()));
+    let outbound = OutboundConfig {
+        inbound_port: config.peer_inbound_port,
+        connect_timeout: config.connect_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+        ..OutboundConfig::default()
+    };
+    let mut mapped = Vec::with_capacity(listeners.maps.len());
+    for (listener, map) in listeners.maps {
+        let service = ServiceBalancer::new(&map.authority, &*resolve, outbound.balance).map_err(
+            |reason| RunError::OutboundMap {
+                listen: map.listen,
+                authority: map.authority.clone(),
+                reason,
+            },
+        )?;
+        mapped.push((listener, Arc::new(service)));
+    }
+
+    let mut serving = JoinSet::new();
+    serving.spawn(named(
+        "inbound",
+        serve_inbound(listeners.inbound, inbound, watch.clone()),
+    ));
+    let context = OutboundContext {
+        resolve,
+        tls: outbound_tls.clone(),
+        config: outbound.clone(),
+        metrics: shared.metrics.clone(),
+        tap: shared.tap.clone(),
+    };
+    serving.spawn(named(
+        "outbound",
+        serve_outbound(listeners.outbound, Arc::new(context), watch.clone()),
+    ));
+    for (listener, service) in mapped {
+        let serve = serve_mapped(
+            listener,
+            service,
+            outbound_tls.clone(),
+            outbound.clone(),
+            watch.clone(),
+        );
+        serving.spawn(named("outbound map", serve));
+    }
+    serving.spawn(named("tap", refuse_tap(listeners.tap, watch.clone())));
+    Ok(serving)
+}
+
+fn discovery_error(addr: &ControllerAddr, reason: String) -> RunError {
+    RunError::Controller {
+        flag: "--discovery-addr",
+        addr: addr.clone(),
+        reason,
+    }
+}
+
+fn no_controller_identity(flag: &'static str, addr: ControllerAddr) -> RunError {
+    RunError::Controller {
+        flag,
+        addr,
+        reason: "the controller's identity is unknown; give --controller-identity".into(),
+    }
+}
+
 impl fmt::Debug for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Proxy")
-            .field("identity", &self.own_identity)
-            .field("running", &self.running)
+            .field("identity", &self.parts.own_identity)
+            .field("running", &self.parts.running)
             .finish_non_exhaustive()
     }
 }

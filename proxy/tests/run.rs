@@ -250,6 +250,18 @@ async fn meshed_echo(
     timeout(Duration::from_secs(3), exchange).await.ok()?
 }
 
+/// Writes `request` and reads until the peer closes (or an error, or a second passes).
+async fn exchange(
+    mut conn: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    request: &[u8],
+) -> Vec<u8> {
+    let mut answer = Vec::new();
+    if conn.write_all(request).await.is_ok() {
+        let _ = timeout(Duration::from_secs(1), conn.read_to_end(&mut answer)).await;
+    }
+    answer
+}
+
 /// Waits until `check` holds.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -539,4 +551,90 @@ async fn a_taken_port_is_an_error_naming_the_flag() {
         err.contains("--tap-addr") && err.contains(&taken_addr.to_string()),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_meshed_peer_cannot_reach_the_proxys_own_ports() {
+    let (west, east) = (Domain::new("west"), Domain::new("east"));
+    let app = echo_app().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let web = west.creds("web");
+    let id_dir = tmp.path().join("identity");
+    std::fs::create_dir(&id_dir).unwrap();
+    std::fs::write(
+        id_dir.join("leaf.crt"),
+        pem::encode_certificates(web.chain.iter()),
+    )
+    .unwrap();
+    std::fs::write(id_dir.join("leaf.key"), pem::encode_private_key(&web.key)).unwrap();
+    let bundle = tmp.path().join("bundle.json");
+    let mut both = west.bundle();
+    both.merge(&east.bundle());
+    std::fs::write(&bundle, both.to_spiffe_json_map().unwrap()).unwrap();
+    let discovery = tmp.path().join("discovery.json");
+    std::fs::write(&discovery, "{}").unwrap();
+
+    let identity = IdentitySource::Dir {
+        dir: id_dir,
+        expected: None,
+    };
+    let mut config = ProxyConfig::new(identity, DiscoverySource::File { path: discovery });
+    config.trust_bundle = Some(bundle);
+    config.outbound_maps = vec![mesh_proxy::run::OutboundMap {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        authority: "web.default.svc.cluster.local:80".into(),
+    }];
+    loopback(&mut config);
+    let proxy = start(config).await;
+    proxy.wait_ready().await;
+
+    let trust = bundles(&[&west, &east]);
+    let client = east.creds("client");
+    let web_id = west.id("web");
+    // The app is reachable...
+    assert!(
+        meshed_echo(&proxy.running, app, &client, &trust, &web_id)
+            .await
+            .is_some()
+    );
+    // ...but the admin server, which listens where the app does and trusts loopback clients,
+    // is not: the inbound listener refuses a header naming any of the proxy's own ports.
+    let running = &proxy.running;
+    let live = b"GET /live HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n";
+    let direct = TcpStream::connect(running.admin).await.unwrap();
+    assert!(String::from_utf8_lossy(&exchange(direct, live).await).contains("200 OK"));
+    for own in [
+        running.admin,
+        running.tap,
+        running.outbound,
+        running.maps[0],
+    ] {
+        let header = MeshTransportHeader {
+            port: own.port(),
+            authority: None,
+            protocol: ProtocolHint::Opaque,
+        };
+        let config = mesh_trust::tls::client_config(
+            trust.clone(),
+            PeerPolicy::Exactly(web_id.clone()),
+            Some(Arc::new(CertResolver::new(client.clone()).unwrap())),
+            &[ALPN_OPAQUE],
+        )
+        .unwrap();
+        let meshed = connect_meshed(
+            running.inbound,
+            &web_id,
+            Arc::new(config),
+            &header,
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+        let answer = exchange(meshed, live).await;
+        assert!(
+            answer.is_empty(),
+            "{own} answered through the inbound listener: {answer:?}"
+        );
+    }
+    proxy.stop().await;
 }

@@ -167,7 +167,8 @@ impl TrustState {
         if merged != current {
             let diff = current.diff(&merged);
             let domains: Vec<&str> = merged.domains().map(TrustDomain::as_str).collect();
-            tracing::info!(?domains, changes = %diff.to_string().trim_end(), "trust bundles updated");
+            let changes = diff.to_string().trim_end().replace('\n', "; ");
+            tracing::info!(?domains, %changes, "trust bundles updated");
             self.shared.update(merged.clone());
         }
         let usable = !merged.is_empty();

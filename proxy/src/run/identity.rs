@@ -176,7 +176,7 @@ pub(super) async fn reload_dir(
         tokio::time::sleep(interval).await;
         let read = IdentityFiles::read(&dir).await;
         let outcome = match read {
-            Ok(files) if files == last => Ok(false),
+            Ok(files) if files == last => Ok(()),
             Ok(files) => {
                 let loaded = files.credentials(&dir, Some(&identity));
                 // Remembered either way: a bad change is reported once, not at every poll.
@@ -196,13 +196,13 @@ pub(super) async fn reload_dir(
                             source,
                         })?;
                     tracing::info!(%identity, %serial, %not_after, "reloaded the leaf certificate");
-                    Ok(true)
+                    Ok(())
                 })
             }
             Err(error) => Err(error),
         };
         match outcome {
-            Ok(_) => problem = None,
+            Ok(()) => problem = None,
             Err(error) => {
                 let text = error.to_string();
                 if problem.as_deref() != Some(&text) {
