@@ -46,15 +46,14 @@ pub use self::identity::IdentityFileError;
 use self::bundles::TrustState;
 use self::identity::IdentityFiles;
 use crate::admin::{self, AdminState, Readiness};
+use crate::discovery::Target;
 use crate::discovery::{
     GrpcDiscovery, GrpcDiscoveryOptions, Resolve, StaticDiscovery, StaticDiscoveryError,
 };
 use crate::drain;
 use crate::metrics::ProxyMetrics;
-use crate::outbound::{
-    OutboundConfig, OutboundContext, OutboundTls, ServiceBalancer, serve_mapped, serve_outbound,
-};
-use crate::tap::Tap;
+use crate::outbound::{OutboundConfig, OutboundContext, OutboundTls, serve_mapped, serve_outbound};
+use crate::tap::{Tap, TapServerConfig};
 use crate::tcp::{InboundConfig, serve_inbound};
 
 /// How long the admin server may take to finish its last requests once the drain is over.
@@ -571,18 +570,18 @@ fn start_listeners(
         connect_timeout: config.connect_timeout,
         idle_timeout: config.idle_timeout,
         max_connections: config.max_connections,
+        detect_timeout: config.detect_timeout,
+        opaque_ports: config.opaque_ports.clone(),
         ..OutboundConfig::default()
     };
     let mut mapped = Vec::with_capacity(listeners.maps.len());
     for (listener, map) in listeners.maps {
-        let service = ServiceBalancer::new(&map.authority, &*resolve, outbound.balance).map_err(
-            |reason| RunError::OutboundMap {
-                listen: map.listen,
-                authority: map.authority.clone(),
-                reason,
-            },
-        )?;
-        mapped.push((listener, Arc::new(service)));
+        let target = Target::parse(&map.authority).map_err(|e| RunError::OutboundMap {
+            listen: map.listen,
+            authority: map.authority.clone(),
+            reason: e.to_string(),
+        })?;
+        mapped.push((listener, target));
     }
 
     let mut serving = JoinSet::new();
@@ -590,28 +589,32 @@ fn start_listeners(
         "inbound",
         serve_inbound(listeners.inbound, inbound, watch.clone()),
     ));
-    let context = OutboundContext {
+    // One context for the outbound listener and the explicit maps: one set of discovery
+    // watches, balancers and pooled connections.
+    let context = Arc::new(OutboundContext::new(
         resolve,
-        tls: outbound_tls.clone(),
-        config: outbound.clone(),
-        metrics: shared.metrics.clone(),
-        tap: shared.tap.clone(),
-    };
+        outbound_tls,
+        outbound,
+        shared.metrics.clone(),
+        shared.tap.clone(),
+    ));
     serving.spawn(named(
         "outbound",
-        serve_outbound(listeners.outbound, Arc::new(context), watch.clone()),
+        serve_outbound(listeners.outbound, context.clone(), watch.clone()),
     ));
-    for (listener, service) in mapped {
-        let serve = serve_mapped(
-            listener,
-            service,
-            outbound_tls.clone(),
-            outbound.clone(),
-            watch.clone(),
-        );
+    for (listener, target) in mapped {
+        let serve = serve_mapped(listener, target, context.clone(), watch.clone());
         serving.spawn(named("outbound map", serve));
     }
-    serving.spawn(named("tap", refuse_tap(listeners.tap, watch.clone())));
+    serving.spawn(named(
+        "tap",
+        crate::tap::serve(
+            listeners.tap,
+            shared.tap.clone(),
+            TapServerConfig::default(),
+            watch.clone(),
+        ),
+    ));
     Ok(serving)
 }
 
@@ -644,23 +647,6 @@ impl fmt::Debug for Proxy {
 async fn named(name: &'static str, serve: impl Future<Output = ()>) -> &'static str {
     serve.await;
     name
-}
-
-/// Holds the tap port (so that nothing else takes it and probes of it succeed) and closes each
-/// connection at once: the tap's gRPC service is not served by this proxy yet.
-async fn refuse_tap(listener: TcpListener, mut watch: drain::Watch) {
-    loop {
-        tokio::select! {
-            () = watch.signaled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((_, peer)) => tracing::debug!(%peer, "tap is not served yet; closed the connection"),
-                Err(error) => {
-                    tracing::warn!(%error, "tap accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
 }
 
 async fn stop_admin(drain: drain::Drain, task: tokio::task::JoinHandle<()>) {

@@ -9,9 +9,7 @@ use std::time::Duration;
 use mesh_trust::SpiffeId;
 use mesh_trust::rotation::RotationOptions;
 
-/// Ports whose traffic is opaque by default (SMTP, MySQL, Galera, PostgreSQL, Redis,
-/// Elasticsearch, memcached): server-speaks-first protocols that detection would only stall.
-pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+pub use crate::outbound::DEFAULT_OPAQUE_PORTS;
 
 /// The namespace and service account the controller runs as, which name its SPIFFE ID in every
 /// trust domain unless `--controller-identity` says otherwise.
