@@ -19,6 +19,7 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     let format = args.log_format;
+    let threads = args.threads;
     let config = match args.into_config() {
         Ok(config) => config,
         Err(error) => {
@@ -30,10 +31,16 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread: the current-thread scheduler, with no work stealing or cross-thread wake-ups
+    // to pay for.
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(usize::from(threads));
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!("cannot start the async runtime: {error}");

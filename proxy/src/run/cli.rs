@@ -162,6 +162,11 @@ pub struct RunArgs {
     /// RUST_LOG (default: info).
     #[arg(long, env = "MESH_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+    /// Threads that serve traffic. A sidecar shares its pod's CPU with the application, so one
+    /// thread is the default; give more to a proxy in front of a busy service.
+    #[arg(long, env = "MESH_PROXY_THREADS", value_name = "N", default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
 }
 
 /// `mesh-proxy init`: the fields of [`InitConfig`].
