@@ -572,6 +572,16 @@ fn start_listeners(
         max_connections: config.max_connections,
         detect_timeout: config.detect_timeout,
         opaque_ports: config.opaque_ports.clone(),
+        proxy_ports: [
+            running.inbound,
+            running.outbound,
+            running.admin,
+            running.tap,
+        ]
+        .iter()
+        .chain(&running.maps)
+        .map(SocketAddr::port)
+        .collect(),
         ..OutboundConfig::default()
     };
     let mut mapped = Vec::with_capacity(listeners.maps.len());

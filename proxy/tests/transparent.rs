@@ -152,6 +152,9 @@ async fn a_pod_calls_a_service_ip_through_both_proxies() {
     sandbox.assert_ran("west app", &out);
     // Shown with --nocapture: the series each inner test found.
     eprintln!("{outside}\n{}", String::from_utf8_lossy(&out.stdout));
+    if let Some(dir) = proxy_bin().parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 fn skip(reason: &str) {
@@ -179,13 +182,15 @@ fn skip_reason() -> Option<String> {
     // The proxy runs as PROXY_UID: it must be able to execute the binary where cargo built it.
     let probe = Command::new("setpriv")
         .args(as_proxy_uid())
-        .args([BIN, "--version"])
+        .arg(proxy_bin())
+        .arg("--version")
         .stdin(Stdio::null())
         .output();
     match probe {
         Ok(out) if out.status.success() => None,
         Ok(out) => Some(format!(
-            "uid {PROXY_UID} cannot run {BIN}: {}",
+            "uid {PROXY_UID} cannot run {}: {}",
+            proxy_bin().display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )),
         Err(e) => Some(format!("setpriv: {e}")),
@@ -203,6 +208,26 @@ fn on_path(program: &str) -> bool {
 }
 
 /// `setpriv` arguments that drop root for the proxy uid (and its own group, no others).
+/// The binary where the proxy uid can run it. Cargo's target directory may sit under a home
+/// only root can enter (`/root/.cache/...`), so the binary is linked (or copied) into a
+/// world-readable directory of its own, once per test process.
+fn proxy_bin() -> &'static Path {
+    static BIN_FOR_PROXY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN_FOR_PROXY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mesh-transparent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("mesh-proxy");
+        let _ = std::fs::remove_file(&bin);
+        if std::fs::hard_link(BIN, &bin).is_err() {
+            std::fs::copy(BIN, &bin).unwrap();
+        }
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    })
+}
+
 fn as_proxy_uid() -> [String; 3] {
     [
         format!("--reuid={PROXY_UID}"),
@@ -229,7 +254,7 @@ fn install_rules(ns: &str) {
 fn proxy_command(ns: &str, identity: &Path, bundle: &Path, discovery: &Path) -> Command {
     let mut cmd = PodNetwork::exec(ns, "setpriv");
     cmd.args(as_proxy_uid())
-        .arg(BIN)
+        .arg(proxy_bin())
         .arg("run")
         .arg("--identity-dir")
         .arg(identity)
@@ -562,21 +587,26 @@ async fn inner_outside_client() {
 
     let app: SocketAddr = format!("{EAST_IP}:{APP_PORT}").parse().unwrap();
     let host = app.to_string();
-    let response = within("plain HTTP to east's app", get(app, &host, "/"))
-        .await
-        .unwrap();
+    // It claims to be a mesh workload; east's proxy removes the claim.
+    let forged = "spiffe://west/ns/default/sa/frontend";
+    let response = within(
+        "plain HTTP to east's app",
+        get_with(app, &host, "/", Some(forged)),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status, StatusCode::OK, "{response:?}");
     assert_eq!(response.seen("x-seen-host"), host);
     // From loopback: east's proxy took the connection and forwarded it to the app.
     assert_eq!(response.seen("x-seen-peer"), "127.0.0.1", "{response:?}");
     assert_eq!(response.seen("x-seen-client-id"), "-", "{response:?}");
 
-    // East's proxy counts it as an inbound connection to the app's port, not meshed.
+    // East's proxy counts it as an inbound request to the app, not meshed.
     let east_admin = SocketAddr::new(EAST_IP.parse().unwrap(), ADMIN_PORT);
     let counted = wait_for_metrics(
         east_admin,
         &[&[
-            "tcp_open_total{",
+            "request_total{",
             "direction=\"inbound\"",
             &format!("authority=\"{app}\""),
             "tls=\"false\"",
@@ -671,6 +701,16 @@ impl Seen {
 
 /// One plain HTTP/1.1 GET on a new connection.
 async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<Seen, String> {
+    get_with(addr, host, path, None).await
+}
+
+/// A GET that also claims a `mesh-client-id`, as a client outside the mesh might.
+async fn get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    claimed_id: Option<&str>,
+) -> Result<Seen, String> {
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -678,8 +718,11 @@ async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<Seen, String> {
         .await
         .map_err(|e| format!("handshake with {addr}: {e}"))?;
     tokio::spawn(conn);
-    let request = Request::get(path)
-        .header(header::HOST, host)
+    let mut request = Request::get(path).header(header::HOST, host);
+    if let Some(claimed) = claimed_id {
+        request = request.header(mesh_proxy::http::CLIENT_ID, claimed);
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = sender

@@ -159,10 +159,20 @@ impl Mesh {
         tunnel: &TunnelMeta,
         timeout: Duration,
     ) -> Result<(mesh_proxy::tunnel::TunnelStream, SpiffeId), TunnelError> {
+        self.connect_expecting(tunnel, None, timeout).await
+    }
+
+    async fn connect_expecting(
+        &self,
+        tunnel: &TunnelMeta,
+        expected: Option<&SpiffeId>,
+        timeout: Duration,
+    ) -> Result<(mesh_proxy::tunnel::TunnelStream, SpiffeId), TunnelError> {
         connect_tunnelled(
             &self.tls,
             &self.client_id,
             tunnel,
+            expected,
             ALPN_OPAQUE,
             &self.header(),
             timeout,
@@ -254,6 +264,40 @@ async fn tunnelled_round_trip_carries_the_callers_identity_end_to_end() {
     assert!(!contains(&seen.from_caller, PAYLOAD));
     assert!(!seen.to_caller.is_empty());
     assert!(!contains(&seen.to_caller, PAYLOAD));
+}
+
+#[tokio::test]
+async fn a_gateway_cannot_choose_an_endpoint_other_than_the_one_discovery_names() {
+    let mesh = Mesh::start().await;
+    // The gateway names another workload of the remote domain (its own identity, say, to
+    // terminate the inner TLS itself); discovery said the service runs as east's "echo".
+    let mut gateway = mesh.relaying_gateway(&mesh.east.id("gateway")).await;
+    let error = mesh
+        .connect_expecting(
+            &mesh.tunnel(gateway.addr),
+            Some(&mesh.east.id("echo")),
+            TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&error.kind, TunnelErrorKind::UnexpectedEndpoint { endpoint, expected }
+            if *endpoint == mesh.east.id("gateway") && *expected == mesh.east.id("echo")),
+        "{error:?}"
+    );
+    assert!(error.nothing_sent());
+    // Closed right after the open: not even the inner ClientHello went through.
+    assert!(gateway.seen().await.from_caller.is_empty());
+    // With the identity discovery names, the same tunnel works.
+    let good = mesh.relaying_gateway(&mesh.east.id("echo")).await;
+    mesh.connect_expecting(
+        &mesh.tunnel(good.addr),
+        Some(&mesh.east.id("echo")),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -436,6 +436,7 @@ impl Inner {
                     &self.tls,
                     &own,
                     tunnel,
+                    Some(&key.identity),
                     ALPN_H2,
                     &header,
                     config.connect_timeout,

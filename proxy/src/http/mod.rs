@@ -20,6 +20,7 @@ pub mod client;
 pub(crate) mod error_chain;
 pub mod inbound;
 pub mod orig_proto;
+pub(crate) mod plain;
 
 pub use self::app::{AppClient, AppClientConfig, AppError};
 pub use self::client::{H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};

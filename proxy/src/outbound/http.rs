@@ -40,7 +40,7 @@ use super::{OutboundConfig, OutboundError, OutboundTls, Picked, Service};
 use crate::discovery::{Destination, EndpointMeta, Target};
 use crate::drain;
 use crate::http::app::{AppClient, AppClientConfig, AppError};
-use crate::http::client::{H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};
+use crate::http::client::{ConnectError, H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};
 use crate::http::{Body, BoxError};
 use crate::metrics::{Classification, Direction, Labels, TlsStatus};
 use crate::retry::{self, Failure};
@@ -49,6 +49,9 @@ use crate::tap::RequestEvent;
 
 /// The header on responses the proxy made itself, saying why.
 pub const PROXY_ERROR_HEADER: &str = "mesh-proxy-error";
+
+/// Plain-HTTP clients kept (one per address, each with its pool) before unused ones are dropped.
+const MAX_PLAIN_CLIENTS: usize = 1024;
 
 /// The clients requests leave through: the `mesh.h2` hop, and plain HTTP per endpoint address
 /// for endpoints without an identity.
@@ -80,6 +83,11 @@ impl HttpClients {
 
     fn plain(&self, addr: SocketAddr) -> Arc<AppClient> {
         let mut plain = self.plain.lock().unwrap_or_else(|p| p.into_inner());
+        // Addresses outside the mesh come and go (a CDN's, say): beyond a bound, the clients no
+        // request is using are dropped, with their pooled connections.
+        if plain.len() >= MAX_PLAIN_CLIENTS && !plain.contains_key(&addr) {
+            plain.retain(|_, client| Arc::strong_count(client) > 1);
+        }
         plain
             .entry(addr)
             .or_insert_with(|| Arc::new(AppClient::new(addr, &self.app_config)))
@@ -133,6 +141,22 @@ enum SendError {
 }
 
 impl SendError {
+    /// A request this proxy cannot send at all (not the endpoint's fault): answered at once,
+    /// never retried, and never counted against the endpoint.
+    fn local_status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Mesh(HttpHopError::BadRequest(_)) => Some(StatusCode::BAD_REQUEST),
+            Self::Mesh(HttpHopError::Unsupported(_)) => Some(StatusCode::NOT_IMPLEMENTED),
+            Self::Mesh(HttpHopError::Connect { source, .. })
+                if matches!(**source, ConnectError::Tls(_)) =>
+            {
+                Some(StatusCode::BAD_GATEWAY)
+            }
+            Self::Plain(AppError::Version { .. }) => Some(StatusCode::HTTP_VERSION_NOT_SUPPORTED),
+            _ => None,
+        }
+    }
+
     fn nothing_sent(&self) -> bool {
         match self {
             Self::Mesh(error) => error.nothing_sent(),
@@ -305,12 +329,14 @@ impl RouteError {
     fn status(&self) -> StatusCode {
         match self {
             Self::NoAuthority | Self::BadAuthority(_) | Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::Outbound(OutboundError::Forbidden { .. }) => StatusCode::FORBIDDEN,
             Self::Outbound(OutboundError::ResolveTimeout(_) | OutboundError::NoEndpoint { .. })
             | Self::Outbound(OutboundError::TooManyDestinations { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Outbound(_) | Self::Send(_) => StatusCode::BAD_GATEWAY,
+            Self::Send(error) => error.local_status().unwrap_or(StatusCode::BAD_GATEWAY),
+            Self::Outbound(_) => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -382,6 +408,9 @@ async fn route_request(ctx: &OutboundContext, target: &Target, req: Request<Body
         return match target {
             // Outside the mesh: to the address the application asked for, in plain HTTP.
             Target::Addr(addr) => {
+                if let Err(error) = ctx.config.check_passthrough(*addr) {
+                    return failed(error.into(), Some(destination), None);
+                }
                 let sent = timeout_at(deadline, ctx.http.send_plain(*addr, req)).await;
                 match sent {
                     Ok(Ok(response)) => Outcome {
@@ -463,6 +492,8 @@ async fn route_request(ctx: &OutboundContext, target: &Target, req: Request<Body
         } = picked;
         let failure = match sent {
             Err(_) => {
+                // No answer in time: that counts against the endpoint.
+                in_flight.fail(now, &mut rand::rng());
                 return failed(
                     RouteError::Timeout(ctx.config.request_timeout),
                     Some(destination),
@@ -495,6 +526,11 @@ async fn route_request(ctx: &OutboundContext, target: &Target, req: Request<Body
             }
             Ok(Err(error)) => error,
         };
+        if failure.local_status().is_some() {
+            // Dropped without an outcome: the endpoint is not to blame.
+            drop(in_flight);
+            return failed(RouteError::Send(failure), Some(destination), Some(endpoint));
+        }
         let kind = if failure.nothing_sent() {
             in_flight.fail(now, &mut rand::rng());
             Failure::ConnectFailed

@@ -328,6 +328,7 @@ async fn forward_opaque(
             return Err(OutboundError::NotFound(target.to_string()).into());
         };
         // Outside the mesh: where the application asked, as it asked.
+        ctx.config.check_passthrough(*addr)?;
         let mut upstream = tcp::connect_plain(*addr, ctx.config.connect_timeout)
             .await
             .map_err(|source| ConnectionError::Direct {

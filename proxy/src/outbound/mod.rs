@@ -75,6 +75,10 @@ pub struct OutboundConfig {
     pub max_header_bytes: usize,
     /// How long the application may take to send a request head.
     pub header_read_timeout: Duration,
+    /// The proxy's own listener ports. Traffic for an address discovery does not know is sent
+    /// on as the application asked, except to these ports or to loopback: that would loop back
+    /// into the proxy (a `Host: 127.0.0.1:4140` request) or reach its admin and tap servers.
+    pub proxy_ports: BTreeSet<u16>,
 }
 
 impl Default for OutboundConfig {
@@ -95,6 +99,12 @@ impl Default for OutboundConfig {
             max_destinations: 10_000,
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            proxy_ports: BTreeSet::from([
+                mesh_api::ports::PROXY_OUTBOUND,
+                mesh_api::ports::PROXY_INBOUND,
+                mesh_api::ports::PROXY_TAP,
+                mesh_api::ports::ADMIN,
+            ]),
         }
     }
 }
@@ -118,6 +128,13 @@ pub enum OutboundError {
         authority: String,
         attempts: usize,
         last: Box<EndpointError>,
+    },
+    #[error(
+        "{addr} is not a mesh destination and {reason}: the proxy does not forward there; call it without the proxy"
+    )]
+    Forbidden {
+        addr: SocketAddr,
+        reason: &'static str,
     },
     #[error(
         "{target}: already watching {max} destinations, the most allowed; raise max_destinations or wait for idle ones to be dropped"
@@ -180,6 +197,23 @@ impl OutboundTls {
         })?;
         configs.insert(key, config.clone());
         Ok(config)
+    }
+}
+
+impl OutboundConfig {
+    /// Whether traffic for `addr`, which discovery does not know, may be sent there directly.
+    pub fn check_passthrough(&self, addr: SocketAddr) -> Result<(), OutboundError> {
+        let ip = addr.ip();
+        let reason = if ip.is_loopback() {
+            "is a loopback address"
+        } else if ip.is_unspecified() {
+            "is the unspecified address"
+        } else if self.proxy_ports.contains(&addr.port()) {
+            "its port is one of the proxy's own"
+        } else {
+            return Ok(());
+        };
+        Err(OutboundError::Forbidden { addr, reason })
     }
 }
 

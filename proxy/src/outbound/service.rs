@@ -274,6 +274,7 @@ async fn connect_endpoint(
             tls,
             &own,
             tunnel,
+            endpoint.identity.as_ref(),
             ALPN_OPAQUE,
             &header,
             config.connect_timeout,

@@ -117,14 +117,12 @@ pub struct RunArgs {
     #[arg(long = "outbound-map", env = "MESH_PROXY_OUTBOUND_MAP", value_name = "LISTEN=AUTHORITY",
         value_parser = parse_outbound_map, value_delimiter = ',')]
     pub outbound_maps: Vec<OutboundMap>,
-    /// Where the application listens; inbound connections are forwarded to this address.
-    #[arg(
-        long,
-        env = "MESH_PROXY_APP_IP",
-        value_name = "IP",
-        default_value = "127.0.0.1"
-    )]
-    pub app_ip: IpAddr,
+    /// Where inbound connections are forwarded: the application at this address. In a pod, give
+    /// the pod's own IP (the default when POD_IP is set, as the injected sidecar does), so that
+    /// ports the application keeps on loopback stay unreachable from the mesh; 127.0.0.1
+    /// otherwise.
+    #[arg(long, env = "MESH_PROXY_APP_IP", value_name = "IP")]
+    pub app_ip: Option<IpAddr>,
     /// The port other proxies' inbound listeners listen on (4143 in a cluster; set it when
     /// several proxies share one host).
     #[arg(long, env = "MESH_PROXY_PEER_INBOUND_PORT", value_name = "PORT",
@@ -241,6 +239,8 @@ pub enum UsageError {
          identity must be checked against it before its bundles can be received"
     )]
     TrustBundleForController,
+    #[error("POD_IP={0:?} is not an IP address; set --app-ip instead")]
+    PodIp(String),
 }
 
 // === impl RunArgs ===
@@ -283,7 +283,13 @@ impl RunArgs {
         config.admin_addr = self.admin_addr;
         config.tap_addr = self.tap_addr;
         config.outbound_maps = self.outbound_maps;
-        config.app_ip = self.app_ip;
+        config.app_ip = match self.app_ip {
+            Some(ip) => ip,
+            None => match std::env::var("POD_IP") {
+                Ok(pod_ip) => pod_ip.parse().map_err(|_| UsageError::PodIp(pod_ip))?,
+                Err(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            },
+        };
         config.peer_inbound_port = self.peer_inbound_port;
         config.opaque_ports = self.opaque_ports.0;
         config.detect_timeout = self.detect_timeout;

@@ -165,6 +165,9 @@ pub enum InboundError {
     /// answered on its own stream.
     #[error("mesh.h2 connection: {}", crate::http::error_chain::chain(.0))]
     Http2(hyper::Error),
+    /// Plain HTTP from a client outside the mesh, served on its way to the application.
+    #[error("plaintext HTTP connection: {}", crate::http::error_chain::chain(.0))]
+    PlainHttp(hyper::Error),
 }
 
 /// Serves inbound connections from `listener` (meshed peers, and traffic iptables redirected)

@@ -31,7 +31,9 @@ use crate::transport_header::MeshTransportHeader;
 /// gateway reported, with ALPN `alpn` (`mesh.opaque` or `mesh.h2`), then `header`.
 ///
 /// `own` is this proxy's identity: the gateway must be of its trust domain, and the gateway's
-/// logs name it as the caller. `header.protocol` is sent as the open request's protocol hint.
+/// logs name it as the caller. `expected`, when given, is the identity discovery lists for the
+/// endpoint: the gateway's report must be exactly it, so that a gateway never chooses whom the
+/// caller talks to. `header.protocol` is sent as the open request's protocol hint.
 /// `timeout` bounds the whole sequence. On success the stream is ready for the application's
 /// bytes, and the endpoint identity (a workload of `tunnel.remote_trust_domain`) is returned
 /// with it.
@@ -43,12 +45,24 @@ pub async fn connect_tunnelled(
     tls: &OutboundTls,
     own: &SpiffeId,
     tunnel: &TunnelMeta,
+    expected: Option<&SpiffeId>,
     alpn: &'static [u8],
     header: &MeshTransportHeader,
     timeout: Duration,
 ) -> Result<(TunnelStream, SpiffeId), TunnelError> {
     let deadline = Instant::now() + timeout;
     let (gateway, endpoint) = open_tunnel(tls, own, tunnel, header.protocol, deadline).await?;
+    if let Some(expected) = expected.filter(|expected| **expected != endpoint) {
+        let error = TunnelError::new(
+            tunnel,
+            TunnelErrorKind::UnexpectedEndpoint {
+                endpoint,
+                expected: expected.clone(),
+            },
+        );
+        tracing::debug!(%error, "tunnel refused");
+        return Err(error);
+    }
 
     let inner = async {
         let config = tls

@@ -110,6 +110,18 @@ pub enum TunnelErrorKind {
         remote: TrustDomain,
     },
 
+    /// The gateway reported an endpoint identity other than the one discovery gives for the
+    /// service's endpoints in that cluster. A gateway must not choose whom the caller talks to
+    /// (its own identity, say, to terminate the inner TLS), so the tunnel was closed before
+    /// anything was sent through it.
+    #[error(
+        "the gateway reported endpoint {endpoint}, but discovery says the service's endpoints are {expected}; refused"
+    )]
+    UnexpectedEndpoint {
+        endpoint: SpiffeId,
+        expected: SpiffeId,
+    },
+
     /// The inner meshed hop to the endpoint's proxy, through the tunnel, failed: its handshake
     /// (which requires exactly `endpoint`), its ALPN, or the transport header.
     #[error("inner hop to {endpoint}: {source}")]
@@ -224,6 +236,7 @@ impl TunnelError {
             | TunnelErrorKind::Protocol { .. }
             | TunnelErrorKind::Refused { .. }
             | TunnelErrorKind::ForeignEndpoint { .. }
+            | TunnelErrorKind::UnexpectedEndpoint { .. }
             // The transport header is the inner hop's last step; the application's bytes come
             // after it, on a stream the caller never received.
             | TunnelErrorKind::Inner { .. } => true,
@@ -247,7 +260,8 @@ impl TunnelError {
             | TunnelErrorKind::NoResponse
             | TunnelErrorKind::ReadResponse(_)
             | TunnelErrorKind::Protocol { .. }
-            | TunnelErrorKind::ForeignEndpoint { .. } => Fault::Gateway,
+            | TunnelErrorKind::ForeignEndpoint { .. }
+            | TunnelErrorKind::UnexpectedEndpoint { .. } => Fault::Gateway,
             TunnelErrorKind::Refused {
                 refusal: Refusal::NotExported | Refusal::NoEndpoints,
                 ..

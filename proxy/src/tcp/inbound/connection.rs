@@ -31,6 +31,7 @@ use super::{InboundConfig, InboundError, InboundEvent};
 use crate::detect::{Detection, Detector, Protocol};
 use crate::drain;
 use crate::http::inbound::{AppClients, HopConnection};
+use crate::http::plain::{PlainConnection, serve_plain};
 use crate::metrics::{Direction, LabelValue, Labels, TlsStatus};
 use crate::orig_dst::{self, OrigDstError};
 use crate::tcp::replay::Replay;
@@ -85,7 +86,7 @@ pub(super) async fn serve(
     match detect(&mut tcp, shared.config.detect_timeout).await {
         Ok(Detected::Meshed(hello)) => serve_meshed(tcp, hello, client, &shared, watch).await,
         Ok(Detected::Plain { protocol, buffered }) => {
-            match forward_redirected(tcp, protocol, buffered, client, &shared).await {
+            match forward_redirected(tcp, protocol, buffered, client, &shared, watch).await {
                 Ok(transferred) => {
                     tracing::debug!(%transferred, "redirected connection closed");
                     (None, Ok(transferred))
@@ -213,13 +214,16 @@ async fn serve_meshed(
 }
 
 /// Traffic that is not meshed goes where iptables found it going: `local_app_ip` at its
-/// original destination port, as opaque bytes, detection's replayed first.
+/// original destination port. HTTP is served as HTTP, so that headers only the mesh may set
+/// (`mesh-client-id`) are removed on the way (see [`crate::http::plain`]); anything else goes as
+/// opaque bytes, detection's replayed first.
 async fn forward_redirected(
     tcp: TcpStream,
     protocol: Protocol,
     buffered: BytesMut,
     client: SocketAddr,
     shared: &Shared<'_>,
+    watch: drain::Watch,
 ) -> Result<Transferred, InboundError> {
     let config = shared.config;
     let original = orig_dst::original_destination(&tcp);
@@ -230,6 +234,26 @@ async fn forward_redirected(
             sent: buffered.len(),
         });
     };
+    if let Protocol::Http1 { .. } | Protocol::Http2 = protocol {
+        config.emit(InboundEvent::Forwarded {
+            client,
+            original,
+            app: app_addr,
+        });
+        let conn = PlainConnection {
+            app: shared.apps.get(app_addr.port()),
+            client,
+            metrics: config.metrics.clone(),
+            tap: config.tap.clone(),
+            header_read_timeout: config.header_timeout,
+            upgrade_idle_timeout: config.idle_timeout,
+        };
+        let http2 = matches!(protocol, Protocol::Http2);
+        serve_plain(Replay::new(buffered, tcp), http2, conn, watch)
+            .await
+            .map_err(InboundError::PlainHttp)?;
+        return Ok(Transferred::default());
+    }
     let mut app = connect_app(app_addr, config.app_connect_timeout).await?;
     tracing::debug!(%original, app = %app_addr, ?protocol, "redirected connection forwarded");
     config.emit(InboundEvent::Forwarded {

@@ -1,0 +1,223 @@
+//! Plain HTTP that iptables redirected to the inbound port from a client outside the mesh.
+//!
+//! Such a client proved nothing, yet the application sees every connection come from its own
+//! proxy, so it cannot tell a meshed caller from an unmeshed one by address. The proxy therefore
+//! serves this traffic as HTTP rather than passing bytes through, and removes the headers only
+//! the mesh may set ([`CLIENT_ID`] above all: a forged `mesh-client-id` would claim a mesh
+//! identity). Requests then go to the application in their own version, upgrades (WebSocket)
+//! included.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::app::AppClient;
+use super::inbound::{CLIENT_ID, PROXY_ERROR};
+use super::orig_proto::{ORIG_PROTO, UPGRADE_STATUS};
+use super::{Body, BoxError};
+use crate::drain;
+use crate::metrics::{Classification, Direction, LabelValue, Labels, ProxyMetrics, TlsStatus};
+use crate::tap::{RequestEvent, Tap};
+
+/// What a plaintext inbound connection needs.
+#[derive(Clone, Debug)]
+pub(crate) struct PlainConnection {
+    pub(crate) app: AppClient,
+    pub(crate) client: SocketAddr,
+    pub(crate) metrics: Option<ProxyMetrics>,
+    pub(crate) tap: Option<Tap>,
+    /// How long the head of a request may take to arrive (HTTP/1).
+    pub(crate) header_read_timeout: Duration,
+    /// Upgraded streams with no byte either way for this long are closed.
+    pub(crate) upgrade_idle_timeout: Duration,
+}
+
+/// The headers a client outside the mesh may not set.
+fn strip_mesh_headers(headers: &mut HeaderMap) {
+    for name in [CLIENT_ID, ORIG_PROTO, UPGRADE_STATUS, PROXY_ERROR] {
+        headers.remove(name);
+    }
+}
+
+/// Serves HTTP (`http2`: prior knowledge) on `io` until the client closes, or the drain asks
+/// the connection to wind down.
+pub(crate) async fn serve_plain<I>(
+    io: I,
+    http2: bool,
+    conn: PlainConnection,
+    mut watch: drain::Watch,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let header_read_timeout = conn.header_read_timeout;
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(forward(&conn, req).await) }
+    });
+    let io = TokioIo::new(io);
+    if http2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result,
+            () = watch.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result,
+            () = watch.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }
+}
+
+async fn forward(conn: &PlainConnection, mut req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let wall = SystemTime::now();
+    strip_mesh_headers(req.headers_mut());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let client_upgrade = req
+        .headers()
+        .contains_key(http::header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut req));
+
+    let req = req.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+    let (response, error) = match conn.app.send(req).await {
+        Ok(mut response) => {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client) = client_upgrade {
+                    let app = hyper::upgrade::on(&mut response);
+                    tokio::spawn(splice_upgraded(client, app, conn.upgrade_idle_timeout));
+                }
+            }
+            let response =
+                response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+            (response, None)
+        }
+        Err(error) => {
+            let message = error.to_string();
+            tracing::info!(client = %conn.client, error = %message, "plaintext inbound request failed");
+            let mut response = Response::new(
+                Full::new(bytes::Bytes::from(format!("{message}\n")))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            *response.status_mut() = error.status();
+            (response, Some(message))
+        }
+    };
+
+    let status = response.status();
+    let latency = started.elapsed();
+    let labels = Labels {
+        authority: LabelValue::new(&authority),
+        ..Labels::new(Direction::Inbound, TlsStatus::Plaintext)
+    };
+    if let Some(metrics) = &conn.metrics {
+        metrics.request(&labels);
+        metrics.response(
+            &labels,
+            status,
+            Classification::of_http_status(status),
+            latency,
+        );
+    }
+    if let Some(tap) = conn.tap.as_ref().filter(|t| t.is_active()) {
+        tap.publish(RequestEvent {
+            direction: Direction::Inbound,
+            method,
+            authority,
+            path,
+            status: Some(status),
+            error,
+            latency,
+            started: wall,
+            client_id: None,
+            server_id: None,
+            peer: Some(conn.client),
+        });
+    }
+    response
+}
+
+/// Once both sides have switched protocols, moves bytes both ways until both close or the
+/// stream idles out.
+async fn splice_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    app: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+) {
+    let (client, app) = match tokio::join!(client, app) {
+        (Ok(client), Ok(app)) => (client, app),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::debug!(%error, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut app = TokioIo::new(app);
+    if let Err(error) = crate::tcp::splice(&mut client, &mut app, idle).await {
+        tracing::debug!(%error, "upgraded stream closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_headers_are_removed_and_others_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CLIENT_ID,
+            "spiffe://west/ns/prod/sa/admin"
+                .parse()
+                .unwrap_or_else(|_| http::HeaderValue::from_static("x")),
+        );
+        headers.insert(ORIG_PROTO, http::HeaderValue::from_static("HTTP/1.1"));
+        headers.insert("x-app", http::HeaderValue::from_static("kept"));
+        strip_mesh_headers(&mut headers);
+        assert!(headers.get(CLIENT_ID).is_none());
+        assert!(headers.get(ORIG_PROTO).is_none());
+        assert_eq!(
+            headers.get("x-app").map(|v| v.as_bytes()),
+            Some(&b"kept"[..])
+        );
+    }
+}
