@@ -641,18 +641,15 @@ async fn http_crosses_the_mesh_h2_hop_with_the_callers_identity() {
     east.stop().await;
 }
 
-#[tokio::test]
-async fn a_websocket_upgrade_goes_through_the_outbound_listener() {
-    let (_west_domain, east, west) = meshed_pair().await;
-    let mut conn = TcpStream::connect(west.addr).await.unwrap();
-    conn.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: web.default.svc.cluster.local\r\nConnection: Upgrade\r\n\
-          Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-          Sec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    // The 101 head, then the app's greeting, then an echo: the stream is opaque now.
+/// An HTTP/1.1 upgrade through `proxy` to `/ws` of the test app: `101`, the app's greeting,
+/// then an echo on the now opaque stream.
+async fn websocket_round_trip(proxy: SocketAddr, host: &str) {
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
     while !seen.ends_with(http_app::WS_GREETING) {
@@ -677,9 +674,25 @@ async fn a_websocket_upgrade_goes_through_the_outbound_listener() {
         .unwrap()
         .unwrap();
     assert_eq!(&echoed, b"ping over the upgraded stream");
-    drop(conn);
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_goes_through_the_outbound_listener() {
+    // Over the mesh.h2 hop, as an extended CONNECT stream...
+    let (_west_domain, east, west) = meshed_pair().await;
+    websocket_round_trip(west.addr, "web.default.svc.cluster.local").await;
     west.stop().await;
     east.stop().await;
+
+    // ...and straight to an endpoint without an identity.
+    let app = http_app::HttpApp::spawn().await;
+    let json = format!(
+        r#"{{ "chat.default.svc.cluster.local:80": {{ "endpoints": [ {} ] }} }}"#,
+        endpoints(&[app.addr])
+    );
+    let west = West::outbound(&json, |_| {}).await;
+    websocket_round_trip(west.addr, "chat.default.svc.cluster.local").await;
+    west.stop().await;
 }
 
 #[tokio::test]

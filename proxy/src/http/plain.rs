@@ -178,7 +178,7 @@ async fn forward(conn: &PlainConnection, mut req: Request<Incoming>) -> Response
 
 /// Once both sides have switched protocols, moves bytes both ways until both close or the
 /// stream idles out.
-async fn splice_upgraded(
+pub(crate) async fn splice_upgraded(
     client: hyper::upgrade::OnUpgrade,
     app: hyper::upgrade::OnUpgrade,
     idle: Duration,

@@ -41,6 +41,7 @@ use crate::discovery::{Destination, EndpointMeta, Target};
 use crate::drain;
 use crate::http::app::{AppClient, AppClientConfig, AppError};
 use crate::http::client::{ConnectError, H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};
+use crate::http::plain::splice_upgraded;
 use crate::http::{Body, BoxError};
 use crate::metrics::{Classification, Direction, Labels, TlsStatus};
 use crate::retry::{self, Failure};
@@ -60,6 +61,7 @@ pub(super) struct HttpClients {
     plain: Mutex<std::collections::HashMap<SocketAddr, Arc<AppClient>>>,
     inbound_port: u16,
     app_config: AppClientConfig,
+    upgrade_idle_timeout: std::time::Duration,
 }
 
 impl HttpClients {
@@ -74,6 +76,7 @@ impl HttpClients {
             ),
             plain: Mutex::new(std::collections::HashMap::new()),
             inbound_port: config.inbound_port,
+            upgrade_idle_timeout: config.idle_timeout,
             app_config: AppClientConfig {
                 connect_timeout: config.connect_timeout,
                 ..AppClientConfig::default()
@@ -95,12 +98,24 @@ impl HttpClients {
     }
 
     /// Sends to an address without a mesh identity, in the request's own version.
+    /// An upgrade (WebSocket) the destination accepts is spliced to the application's
+    /// connection once both have switched protocols.
     async fn send_plain(
         &self,
         addr: SocketAddr,
-        req: Request<Body>,
+        mut req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
-        let response = self.plain(addr).send(req).await.map_err(SendError::Plain)?;
+        let client_upgrade = req
+            .headers()
+            .contains_key(http::header::UPGRADE)
+            .then(|| hyper::upgrade::on(&mut req));
+        let mut response = self.plain(addr).send(req).await.map_err(SendError::Plain)?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = client_upgrade {
+                let upstream = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice_upgraded(client, upstream, self.upgrade_idle_timeout));
+            }
+        }
         Ok(response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed()))
     }
 
