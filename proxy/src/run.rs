@@ -549,6 +549,7 @@ fn start_listeners(
     inbound.app_connect_timeout = config.connect_timeout;
     inbound.idle_timeout = config.idle_timeout;
     inbound.max_connections = config.max_connections;
+    inbound.opaque_ports = config.opaque_ports.clone();
     // A meshed peer may never name one of this proxy's own ports.
     inbound.denied_ports.extend(
         [

@@ -758,3 +758,50 @@ async fn http_to_a_linked_cluster_rides_one_tunnel_through_the_gateway() {
     assert!(!String::from_utf8_lossy(&seen.from_caller).contains("/remote"));
     east.stop().await;
 }
+
+#[tokio::test]
+async fn opaque_connections_follow_the_split_to_a_live_backend() {
+    let fallback = banner_app().await;
+    let dead = dead_addr("127.0.0.1").await;
+    // 5432 is opaque by default (PostgreSQL speaks first): no detection, straight to the split.
+    let json = format!(
+        r#"{{
+          "db.default.svc.cluster.local:5432": {{ "split_backends": [
+              {{ "authority": "db-west.default.svc.cluster.local:5432", "weight": 1, "priority": 0 }},
+              {{ "authority": "db-east.default.svc.cluster.local:5432", "weight": 1, "priority": 1 }} ] }},
+          "db-west.default.svc.cluster.local:5432": {{ "endpoints": [ {} ] }},
+          "db-east.default.svc.cluster.local:5432": {{ "endpoints": [ {} ] }}
+        }}"#,
+        endpoints(&[dead]),
+        endpoints(&[fallback]),
+    );
+    let west = West::mapped(&json, "db.default.svc.cluster.local:5432", |config| {
+        config.balance.ejection = EjectionPolicy {
+            consecutive_failures: 1,
+            base_backoff: Duration::from_secs(60),
+            ..EjectionPolicy::default()
+        };
+    })
+    .await;
+    // The first connection may find the primary dead (and is closed); from then on the primary
+    // is skipped and every connection reaches the fallback.
+    let mut conn = TcpStream::connect(west.addr).await.unwrap();
+    let mut banner = [0u8; 11];
+    if timeout(PATIENCE, conn.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .is_err()
+    {
+        conn = TcpStream::connect(west.addr).await.unwrap();
+        timeout(PATIENCE, conn.read_exact(&mut banner))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(&banner, b"220 ready\r\n");
+    drop(conn);
+    for _ in 0..5 {
+        assert_eq!(read_banner(west.addr).await, "220 ready\r\n");
+    }
+    west.stop().await;
+}

@@ -148,7 +148,7 @@ impl HttpClients {
 
 /// Why one attempt failed.
 #[derive(Debug, thiserror::Error)]
-enum SendError {
+pub(super) enum SendError {
     #[error(transparent)]
     Mesh(HttpHopError),
     #[error(transparent)]
@@ -323,7 +323,7 @@ async fn handle(
 
 /// Why a request could not be routed at all.
 #[derive(Debug, thiserror::Error)]
-enum RouteError {
+pub(super) enum RouteError {
     #[error(
         "the request names no authority (no Host header) and the connection was not redirected"
     )]
@@ -576,7 +576,10 @@ fn may_retry(
 }
 
 /// Chooses the split backend to send to: the highest-priority group with an available endpoint.
-async fn choose_backend(ctx: &OutboundContext, split: &Split) -> Result<Arc<Service>, RouteError> {
+pub(super) async fn choose_backend(
+    ctx: &OutboundContext,
+    split: &Split,
+) -> Result<Arc<Service>, RouteError> {
     let mut backends = Vec::with_capacity(split.len());
     for backend in split.backends() {
         let target = Target::parse(&backend.authority)

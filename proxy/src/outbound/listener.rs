@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::http::{HttpClients, serve_http};
+use super::http::{HttpClients, RouteError, choose_backend, serve_http};
 use super::{OutboundConfig, OutboundError, OutboundTls, Services, Upstream};
 use crate::authority::Authority;
 use crate::detect::{Protocol, Refusal, detect_stream};
@@ -218,6 +218,8 @@ enum ConnectionError {
     Splice(#[from] tcp::SpliceError),
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
+    #[error("split: {0}")]
+    Split(RouteError),
 }
 
 async fn serve_connection(
@@ -342,7 +344,16 @@ async fn forward_opaque(
         return Ok(());
     }
 
-    let (upstream, in_flight) = service.balancer.connect(&ctx.tls, &ctx.config).await?;
+    // A TrafficSplit root: the connection goes to the highest-priority backend with an endpoint
+    // available, as requests do.
+    let backend = if destination.split.is_empty() {
+        service
+    } else {
+        choose_backend(ctx, &destination.split)
+            .await
+            .map_err(ConnectionError::Split)?
+    };
+    let (upstream, in_flight) = backend.balancer.connect(&ctx.tls, &ctx.config).await?;
     let result = match upstream {
         Upstream::Meshed(mut stream) => {
             labels.tls = TlsStatus::Mutual;

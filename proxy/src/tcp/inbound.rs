@@ -69,6 +69,9 @@ pub struct InboundConfig {
     pub http: InboundHttpConfig,
     /// Told about every connection: for tests and diagnostics.
     pub events: Option<EventHook>,
+    /// Application ports whose redirected connections are forwarded as opaque TCP at once,
+    /// without protocol detection (server-speaks-first protocols).
+    pub opaque_ports: BTreeSet<u16>,
     /// Where connections and requests are counted; `None` counts nothing. Connections count
     /// with `tls="true"` and the caller's identity when meshed, `tls="false"` when forwarded
     /// from an iptables redirect.
@@ -297,6 +300,7 @@ impl InboundConfig {
                 mesh_api::ports::ADMIN,
             ]),
             events: None,
+            opaque_ports: crate::outbound::DEFAULT_OPAQUE_PORTS.into_iter().collect(),
             metrics: None,
             tap: None,
         }

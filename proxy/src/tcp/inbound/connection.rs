@@ -83,7 +83,20 @@ pub(super) async fn serve(
     // that refuses the option still works.
     let _ = tcp.set_nodelay(true);
 
-    match detect(&mut tcp, shared.config.detect_timeout).await {
+    // A redirected connection to an opaque port (a server-speaks-first protocol, whose client
+    // sends nothing first) is forwarded without waiting for detection. Meshed peers dial the
+    // inbound port itself, so they are never redirected and always detected.
+    let redirected_opaque = orig_dst::original_destination(&tcp)
+        .is_ok_and(|original| shared.config.opaque_ports.contains(&original.port()));
+    let detected = if redirected_opaque {
+        Ok(Detected::Plain {
+            protocol: Protocol::Opaque,
+            buffered: BytesMut::new(),
+        })
+    } else {
+        detect(&mut tcp, shared.config.detect_timeout).await
+    };
+    match detected {
         Ok(Detected::Meshed(hello)) => serve_meshed(tcp, hello, client, &shared, watch).await,
         Ok(Detected::Plain { protocol, buffered }) => {
             match forward_redirected(tcp, protocol, buffered, client, &shared, watch).await {
