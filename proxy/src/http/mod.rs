@@ -21,6 +21,7 @@ pub(crate) mod error_chain;
 pub mod inbound;
 pub mod orig_proto;
 pub(crate) mod plain;
+pub(crate) mod server;
 
 pub use self::app::{AppClient, AppClientConfig, AppError};
 pub use self::client::{H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};

@@ -16,17 +16,21 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::app::AppClient;
 use super::inbound::{CLIENT_ID, PROXY_ERROR};
 use super::orig_proto::{ORIG_PROTO, UPGRADE_STATUS};
+use super::server::{ServerLimits, serve_connection};
 use super::{Body, BoxError};
 use crate::drain;
 use crate::metrics::{Classification, Direction, LabelValue, Labels, ProxyMetrics, TlsStatus};
 use crate::tap::{RequestEvent, Tap};
+
+/// The largest request head accepted from a client outside the mesh.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// What a plaintext inbound connection needs.
 #[derive(Clone, Debug)]
@@ -54,7 +58,7 @@ pub(crate) async fn serve_plain<I>(
     io: I,
     http2: bool,
     conn: PlainConnection,
-    mut watch: drain::Watch,
+    watch: drain::Watch,
 ) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -65,34 +69,11 @@ where
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(forward(&conn, req).await) }
     });
-    let io = TokioIo::new(io);
-    if http2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
-        let conn = builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => result,
-            () = watch.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => result,
-            () = watch.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    }
+    let limits = ServerLimits {
+        header_read_timeout,
+        max_header_bytes: MAX_HEADER_BYTES,
+    };
+    serve_connection(io, http2, service, limits, watch).await
 }
 
 async fn forward(conn: &PlainConnection, mut req: Request<Incoming>) -> Response<Body> {

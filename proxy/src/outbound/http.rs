@@ -31,7 +31,6 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout_at};
 
@@ -42,6 +41,7 @@ use crate::drain;
 use crate::http::app::{AppClient, AppClientConfig, AppError};
 use crate::http::client::{ConnectError, H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};
 use crate::http::plain::splice_upgraded;
+use crate::http::server::{ServerLimits, serve_connection};
 use crate::http::{Body, BoxError};
 use crate::metrics::{Classification, Direction, Labels, TlsStatus};
 use crate::retry::{self, Failure};
@@ -191,7 +191,7 @@ pub(super) async fn serve_http<IO>(
     http2: bool,
     route: Route,
     client: SocketAddr,
-    mut watch: drain::Watch,
+    watch: drain::Watch,
 ) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -202,38 +202,11 @@ where
         let (ctx, route) = (ctx2.clone(), route.clone());
         handle(ctx, route, client, req)
     });
-    let io = TokioIo::new(io);
-    let config = &ctx.config;
-    if http2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
-        let conn = builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => result,
-            () = watch.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(config.max_header_bytes.max(8192));
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => result,
-            () = watch.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    }
+    let limits = ServerLimits {
+        header_read_timeout: ctx.config.header_read_timeout,
+        max_header_bytes: ctx.config.max_header_bytes,
+    };
+    serve_connection(io, http2, service, limits, watch).await
 }
 
 /// What a routed request produced, for metrics and the tap.

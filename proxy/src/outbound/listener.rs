@@ -337,10 +337,7 @@ async fn forward_opaque(
                 target: *addr,
                 source,
             })?;
-        let guard = ctx.metrics.tcp_open(&labels);
-        let result = tcp::splice(&mut client, &mut upstream, ctx.config.idle_timeout).await;
-        record_bytes(&guard, &result);
-        result?;
+        splice_metered(ctx, &labels, &mut client, &mut upstream).await?;
         return Ok(());
     }
 
@@ -354,37 +351,42 @@ async fn forward_opaque(
             .map_err(ConnectionError::Split)?
     };
     let (upstream, in_flight) = backend.balancer.connect(&ctx.tls, &ctx.config).await?;
+    let peer_id = |session: &rustls::ClientConnection| {
+        mesh_trust::tls::connection_peer_identity(session).map(|id| id.to_string().into())
+    };
     let result = match upstream {
         Upstream::Meshed(mut stream) => {
             labels.tls = TlsStatus::Mutual;
-            if let Some(id) = mesh_trust::tls::connection_peer_identity(stream.get_ref().1) {
-                labels.server_id = id.to_string().into();
-            }
-            let guard = ctx.metrics.tcp_open(&labels);
-            let result = tcp::splice(&mut client, &mut *stream, ctx.config.idle_timeout).await;
-            record_bytes(&guard, &result);
-            result
+            labels.server_id = peer_id(stream.get_ref().1).unwrap_or_default();
+            splice_metered(ctx, &labels, &mut client, &mut *stream).await
         }
         Upstream::Tunnelled(mut stream) => {
             labels.tls = TlsStatus::Mutual;
-            if let Some(id) = mesh_trust::tls::connection_peer_identity(stream.get_ref().1) {
-                labels.server_id = id.to_string().into();
-            }
-            let guard = ctx.metrics.tcp_open(&labels);
-            let result = tcp::splice(&mut client, &mut *stream, ctx.config.idle_timeout).await;
-            record_bytes(&guard, &result);
-            result
+            labels.server_id = peer_id(stream.get_ref().1).unwrap_or_default();
+            splice_metered(ctx, &labels, &mut client, &mut *stream).await
         }
-        Upstream::Plain(mut stream) => {
-            let guard = ctx.metrics.tcp_open(&labels);
-            let result = tcp::splice(&mut client, &mut stream, ctx.config.idle_timeout).await;
-            record_bytes(&guard, &result);
-            result
-        }
+        Upstream::Plain(mut stream) => splice_metered(ctx, &labels, &mut client, &mut stream).await,
     };
     in_flight.finish(Instant::now());
     result?;
     Ok(())
+}
+
+/// Splices the two streams, counting the connection and its bytes under `labels`.
+async fn splice_metered<A, B>(
+    ctx: &OutboundContext,
+    labels: &Labels,
+    client: &mut A,
+    upstream: &mut B,
+) -> Result<Transferred, tcp::SpliceError>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let guard = ctx.metrics.tcp_open(labels);
+    let result = tcp::splice(client, upstream, ctx.config.idle_timeout).await;
+    record_bytes(&guard, &result);
+    result
 }
 
 fn record_bytes(
