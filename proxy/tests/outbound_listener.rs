@@ -805,3 +805,86 @@ async fn opaque_connections_follow_the_split_to_a_live_backend() {
     }
     west.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_whose_proxy_answers_for_a_dead_app_is_avoided() {
+    // A peer proxy whose application is down answers 502 at once: fast, but a failure.
+    let sick = http_app(
+        "127.0.0.1",
+        Behaviour::named("sick")
+            .status(StatusCode::BAD_GATEWAY)
+            .proxy_error(),
+    )
+    .await;
+    let healthy = http_app(
+        "127.0.0.1",
+        Behaviour::named("healthy").delay(Duration::from_millis(2)),
+    )
+    .await;
+    let json = format!(
+        r#"{{ "web.default.svc.cluster.local:80": {{ "endpoints": [ {} ] }} }}"#,
+        endpoints(&[sick.addr, healthy.addr])
+    );
+    let west = West::outbound(&json, |_| {}).await;
+    // POSTs are not retried, so each 502 the client sees is one pick of the sick endpoint.
+    let mut failed = 0;
+    for _ in 0..40 {
+        let (status, _, _) = get(west.addr, "POST", "web.default.svc.cluster.local", "x").await;
+        if status == StatusCode::BAD_GATEWAY {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed <= 3,
+        "the sick endpoint kept being picked: {failed} of 40"
+    );
+    assert_eq!(sick.requests(), failed);
+    west.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_still_streaming_counts_as_load() {
+    // "streaming" sends its headers at once and its body 300 ms later; "steady" answers whole
+    // in 20 ms. Judged by headers alone, the streaming endpoint looks idle and fast and takes
+    // everything; counted until its bodies end, it is busy and the steady one gets a share.
+    let streaming = http_app(
+        "127.0.0.1",
+        Behaviour::named("streaming").body_delay(Duration::from_millis(300)),
+    )
+    .await;
+    let steady = http_app(
+        "127.0.0.1",
+        Behaviour::named("steady").delay(Duration::from_millis(20)),
+    )
+    .await;
+    let json = format!(
+        r#"{{ "web.default.svc.cluster.local:80": {{ "endpoints": [ {} ] }} }}"#,
+        endpoints(&[streaming.addr, steady.addr])
+    );
+    let west = West::outbound(&json, |_| {}).await;
+    // Warm both estimates, one request at a time.
+    for _ in 0..4 {
+        get(west.addr, "GET", "web.default.svc.cluster.local", "").await;
+    }
+    let (before_streaming, before_steady) = (streaming.requests(), steady.requests());
+    let mut concurrent = Vec::new();
+    for _ in 0..20 {
+        concurrent.push(tokio::spawn(get(
+            west.addr,
+            "GET",
+            "web.default.svc.cluster.local",
+            "",
+        )));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for request in concurrent {
+        assert_eq!(request.await.unwrap().0, StatusCode::OK);
+    }
+    let to_steady = steady.requests() - before_steady;
+    let to_streaming = streaming.requests() - before_streaming;
+    assert!(
+        to_steady >= 5,
+        "steady got {to_steady} of 20, streaming {to_streaming}: open responses were not counted"
+    );
+    west.stop().await;
+}

@@ -41,9 +41,22 @@ pub(crate) struct ActiveGuard {
 /// A body that holds an [`ActiveGuard`] until it is dropped, so the stream counts as active
 /// until its body has been sent.
 #[derive(Debug)]
-struct GuardedBody {
+struct GuardedBody<G> {
     inner: Body,
-    _guard: ActiveGuard,
+    _guard: G,
+}
+
+/// `body`, holding `guard` until the body is dropped (sent to the end, or abandoned): whatever
+/// the guard counts (an active stream, a request in flight to an endpoint) lasts as long as the
+/// response does, not just until its headers.
+pub(crate) fn hold_until_done<G>(body: Body, guard: G) -> Body
+where
+    G: Send + Sync + Unpin + 'static,
+{
+    Body::new(GuardedBody {
+        inner: body,
+        _guard: guard,
+    })
 }
 
 // === impl ActiveStreams ===
@@ -93,10 +106,7 @@ impl ActiveStreams {
 impl ActiveGuard {
     /// `body`, holding this guard until the body is dropped.
     pub(crate) fn hold_until_done(self, body: Body) -> Body {
-        Body::new(GuardedBody {
-            inner: body,
-            _guard: self,
-        })
+        hold_until_done(body, self)
     }
 }
 
@@ -109,7 +119,7 @@ impl Drop for ActiveGuard {
 
 // === impl GuardedBody ===
 
-impl HttpBody for GuardedBody {
+impl<G: Unpin> HttpBody for GuardedBody<G> {
     type Data = Bytes;
     type Error = BoxError;
 

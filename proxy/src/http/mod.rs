@@ -14,7 +14,7 @@
 //! only), `mesh-client-id` (the caller's SPIFFE ID, set by the inbound side for the application)
 //! and `mesh-proxy-error` (on answers the proxy made itself).
 
-mod active;
+pub(crate) mod active;
 pub mod app;
 pub mod client;
 pub(crate) mod error_chain;

@@ -38,6 +38,7 @@ use super::listener::{OutboundContext, Route};
 use super::{OutboundConfig, OutboundError, OutboundTls, Picked, Service};
 use crate::discovery::{Destination, EndpointMeta, Target};
 use crate::drain;
+use crate::http::active::hold_until_done;
 use crate::http::app::{AppClient, AppClientConfig, AppError};
 use crate::http::client::{ConnectError, H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};
 use crate::http::plain::splice_upgraded;
@@ -489,9 +490,21 @@ async fn route_request(ctx: &OutboundContext, target: &Target, req: Request<Body
                 );
             }
             Ok(Ok(response)) => {
-                in_flight.connected(now);
-                in_flight.finish(now);
                 let status = response.status();
+                // The endpoint's proxy answering for it (its application unreachable, say) is a
+                // failure of that endpoint, not a fast success that would draw more traffic.
+                let proxy_failed =
+                    status.is_server_error() && response.headers().contains_key(PROXY_ERROR_HEADER);
+                let response = if proxy_failed {
+                    in_flight.fail(now, &mut rand::rng());
+                    response
+                } else {
+                    // The round trip to the response headers is the latency sample; the request
+                    // stays in flight (load on the endpoint) until its response body is done.
+                    in_flight.connected(now);
+                    let (parts, body) = response.into_parts();
+                    Response::from_parts(parts, hold_until_done(body, in_flight))
+                };
                 if !(502..=504).contains(&status.as_u16())
                     || !may_retry(
                         &service,

@@ -24,6 +24,10 @@ pub struct Behaviour {
     pub name: String,
     pub status: StatusCode,
     pub delay: Duration,
+    /// Answer as a peer proxy does when it answers for its application (`mesh-proxy-error`).
+    pub proxy_error: bool,
+    /// Send the headers at once and the body only after this long.
+    pub body_delay: Duration,
 }
 
 impl Behaviour {
@@ -32,7 +36,19 @@ impl Behaviour {
             name: name.to_owned(),
             status: StatusCode::OK,
             delay: Duration::ZERO,
+            proxy_error: false,
+            body_delay: Duration::ZERO,
         }
+    }
+
+    pub fn proxy_error(mut self) -> Self {
+        self.proxy_error = true;
+        self
+    }
+
+    pub fn body_delay(mut self, delay: Duration) -> Self {
+        self.body_delay = delay;
+        self
     }
 
     pub fn status(mut self, status: StatusCode) -> Self {
@@ -96,11 +112,13 @@ pub fn http_app_on(listener: TcpListener, behaviour: Behaviour) -> HttpApp {
     app
 }
 
+type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
 async fn answer(
     req: Request<Incoming>,
     behaviour: &Behaviour,
     counters: &HttpApp,
-) -> Response<Full<Bytes>> {
+) -> Response<AppBody> {
     if req.method() == http::Method::POST {
         counters.posts.fetch_add(1, Ordering::SeqCst);
     } else {
@@ -123,11 +141,23 @@ async fn answer(
         .unwrap_or(0);
     tokio::time::sleep(behaviour.delay).await;
     let text = format!("{} {method} {host} {version:?} {body}", behaviour.name);
-    Response::builder()
+    let body: AppBody = if behaviour.body_delay.is_zero() {
+        Full::new(Bytes::from(text)).boxed()
+    } else {
+        let delay = behaviour.body_delay;
+        let frame = futures_util::stream::once(async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(text)))
+        });
+        http_body_util::StreamBody::new(frame).boxed()
+    };
+    let mut response = Response::builder()
         .status(behaviour.status)
-        .header("x-served-by", &behaviour.name)
-        .body(Full::new(Bytes::from(text)))
-        .unwrap()
+        .header("x-served-by", &behaviour.name);
+    if behaviour.proxy_error {
+        response = response.header("mesh-proxy-error", "the application refused the connection");
+    }
+    response.body(body).unwrap()
 }
 
 /// A port on `ip` nothing listens on (bound, then released).
