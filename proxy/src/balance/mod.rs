@@ -133,6 +133,17 @@ impl<A: Clone + Eq + Hash> Balancer<A> {
     /// dropped. This takes `&mut self` so that two picks never race for one half-open endpoint's
     /// single probe.
     pub fn pick(&mut self, now: Instant, rng: &mut impl Rng) -> Result<InFlight<A>, PickError> {
+        self.pick_avoiding(now, rng, None)
+    }
+
+    /// [`pick`](Self::pick), passing over `avoid` (the endpoint a retry's previous attempt just
+    /// failed on) unless it is the only one available.
+    pub fn pick_avoiding(
+        &mut self,
+        now: Instant,
+        rng: &mut impl Rng,
+        avoid: Option<&A>,
+    ) -> Result<InFlight<A>, PickError> {
         if self.endpoints.is_empty() {
             return Err(PickError::NoEndpoints);
         }
@@ -144,6 +155,12 @@ impl<A: Clone + Eq + Hash> Balancer<A> {
                 .filter(|(_, (_, endpoint))| endpoint.is_available(now))
                 .map(|(index, _)| index),
         );
+        if let Some(avoid) = avoid {
+            if self.available.len() > 1 {
+                let endpoints = &self.endpoints;
+                self.available.retain(|&index| endpoints[index].0 != *avoid);
+            }
+        }
 
         // An endpoint whose ejection backoff is over gets its probe first: left to the power of
         // two choices, the failure penalties in its estimate would keep it from ever being

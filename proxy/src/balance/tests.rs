@@ -488,3 +488,44 @@ fn a_connect_failure_makes_the_endpoint_lose_comparisons_before_ejection() {
         assert_eq!(*guard.addr(), good);
     }
 }
+
+#[test]
+fn a_retry_avoids_the_endpoint_that_just_failed_unless_it_is_the_only_one() {
+    let t0 = Instant::now();
+    let (a, b) = (addr(1), addr(2));
+    let mut both = balancer(&[a, b], t0);
+    let mut rng = StdRng::seed_from_u64(11);
+    for _ in 0..50 {
+        let guard = both.pick_avoiding(t0, &mut rng, Some(&a)).unwrap();
+        assert_eq!(*guard.addr(), b);
+    }
+    let mut alone = balancer(&[a], t0);
+    let guard = alone.pick_avoiding(t0, &mut rng, Some(&a)).unwrap();
+    assert_eq!(*guard.addr(), a, "the only endpoint is still used");
+}
+
+#[test]
+fn a_half_open_endpoint_gets_its_probe_before_faster_peers() {
+    let t0 = Instant::now();
+    let (fast, flaky) = (addr(1), addr(2));
+    let mut balancer = balancer(&[fast, flaky], t0);
+    let mut rng = StdRng::seed_from_u64(5);
+    // Eject the flaky endpoint with enough failures; its penalties make it the slowest by far.
+    let mut now = t0;
+    while matches!(health(&balancer, flaky, now), EndpointHealth::Active) {
+        pick_endpoint(&mut balancer, flaky, now, &mut rng).fail(now, &mut rng);
+        now += Duration::from_millis(1);
+    }
+    let until = ejected_until(&balancer, flaky, now);
+    // Once the backoff is over, the next pick is its probe, whatever the estimates say.
+    let probe = balancer.pick(until, &mut rng).unwrap();
+    assert_eq!(*probe.addr(), flaky);
+    assert!(probe.is_probe());
+    // A successful probe starts its estimate afresh from that sample.
+    probe.finish(until + Duration::from_millis(2));
+    let estimate = balancer
+        .status(&flaky, until + Duration::from_millis(2))
+        .unwrap()
+        .rtt_estimate;
+    assert!(estimate <= Duration::from_millis(3), "{estimate:?}");
+}

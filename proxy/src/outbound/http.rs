@@ -445,6 +445,8 @@ async fn route_request(ctx: &OutboundContext, target: &Target, req: Request<Body
     }
     let attempts = ctx.config.max_attempts.max(1);
     let mut attempt = 0;
+    // The endpoint the previous attempt failed on: a retry goes elsewhere when it can.
+    let mut last_failed = None;
     loop {
         attempt += 1;
         // Each attempt chooses again: a backend whose endpoint just failed may have nothing
@@ -457,7 +459,7 @@ async fn route_request(ctx: &OutboundContext, target: &Target, req: Request<Body
                 Err(error) => return failed(error, Some(destination), None),
             }
         };
-        let picked = match backend.balancer.pick() {
+        let picked = match backend.balancer.pick_avoiding(last_failed) {
             Ok(picked) => picked,
             Err(error) => return failed(error.into(), Some(destination), None),
         };
@@ -523,6 +525,7 @@ async fn route_request(ctx: &OutboundContext, target: &Target, req: Request<Body
                     };
                 }
                 tracing::debug!(endpoint = %endpoint.addr, %status, "retrying");
+                last_failed = Some(endpoint.addr);
                 continue;
             }
             Ok(Err(error)) => error,
@@ -543,6 +546,7 @@ async fn route_request(ctx: &OutboundContext, target: &Target, req: Request<Body
             return failed(RouteError::Send(failure), Some(destination), Some(endpoint));
         }
         tracing::debug!(endpoint = %endpoint.addr, error = %failure, "retrying");
+        last_failed = Some(endpoint.addr);
     }
 }
 

@@ -150,11 +150,20 @@ impl ServiceBalancer {
     /// Picks an endpoint from discovery's latest answer (which must have arrived: see
     /// [`Self::resolved`]).
     pub fn pick(&self) -> Result<Picked, OutboundError> {
+        self.pick_avoiding(None)
+    }
+
+    /// [`Self::pick`], passing over `avoid` (where a retry's previous attempt failed) when
+    /// another endpoint is available.
+    pub fn pick_avoiding(&self, avoid: Option<SocketAddr>) -> Result<Picked, OutboundError> {
         let destination = self.latest().ok_or_else(|| self.resolve_timeout())?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         state.sync(&destination, now);
-        let in_flight = match state.balancer.pick(now, &mut rand::rng()) {
+        let in_flight = match state
+            .balancer
+            .pick_avoiding(now, &mut rand::rng(), avoid.as_ref())
+        {
             Ok(in_flight) => in_flight,
             Err(source) => return Err(self.no_endpoint(&destination, source)),
         };
@@ -193,6 +202,7 @@ impl ServiceBalancer {
         }
         let attempts = config.max_attempts.max(1);
         let mut attempt = 1;
+        let mut last_failed = None;
         loop {
             // Always the latest answer: a snapshot held across a slow attempt must not roll the
             // balancer back to endpoints the controller has since removed.
@@ -200,7 +210,7 @@ impl ServiceBalancer {
                 mut in_flight,
                 endpoint,
                 authority,
-            } = self.pick()?;
+            } = self.pick_avoiding(last_failed)?;
             // `?`: a local configuration problem says nothing about the endpoint, so no penalty.
             let attempted = connect_endpoint(&endpoint, authority, tls, config).await?;
             let now = Instant::now();
@@ -223,6 +233,7 @@ impl ServiceBalancer {
                             last: Box::new(error),
                         });
                     }
+                    last_failed = Some(endpoint.addr);
                     attempt += 1;
                 }
             }
