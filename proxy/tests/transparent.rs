@@ -59,7 +59,7 @@ use mesh_test_support::pki::Domain;
 use mesh_trust::tls::WorkloadCredentials;
 use mesh_trust::{TrustBundleSet, pem};
 use pod_network::PodNetwork;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -81,6 +81,9 @@ const SERVICE_IP: &str = "10.98.100.10:80";
 const SERVICE_HOST: &str = "web.default.svc.cluster.local";
 const APP_PORT: u16 = 8080;
 /// East's echo server, a port no discovery entry names.
+/// MySQL's port, opaque by default: its server speaks first.
+const BANNER_PORT: u16 = 3306;
+const BANNER: &[u8] = b"5.7.0-mesh-test\n";
 const ECHO_PORT: u16 = 9000;
 const ADMIN_PORT: u16 = 4191;
 /// West's workload and east's, as service accounts of the `default` namespace.
@@ -536,6 +539,17 @@ async fn inner_east_apps() {
             tokio::spawn(echo_lines(tcp, peer.ip()));
         }
     });
+    // A server-speaks-first protocol on a port that is opaque by default (MySQL's).
+    let banner = TcpListener::bind(("0.0.0.0", BANNER_PORT)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = banner.accept().await.unwrap();
+            tokio::spawn(async move {
+                let _ = tcp.write_all(BANNER).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
     println!("{APPS_READY}");
     std::future::pending::<()>().await;
 }
@@ -600,6 +614,18 @@ async fn inner_outside_client() {
     // From loopback: east's proxy took the connection and forwarded it to the app.
     assert_eq!(response.seen("x-seen-peer"), "127.0.0.1", "{response:?}");
     assert_eq!(response.seen("x-seen-client-id"), "-", "{response:?}");
+
+    // A client of a server-speaks-first protocol sends nothing: on an opaque port east's proxy
+    // forwards it at once instead of waiting out protocol detection (10 s here).
+    let mut db = TcpStream::connect(SocketAddr::new(EAST_IP.parse().unwrap(), BANNER_PORT))
+        .await
+        .unwrap();
+    let mut banner = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), db.read_to_end(&mut banner))
+        .await
+        .expect("the banner arrives without waiting for detection")
+        .unwrap();
+    assert_eq!(banner, BANNER);
 
     // East's proxy counts it as an inbound request to the app, not meshed.
     let east_admin = SocketAddr::new(EAST_IP.parse().unwrap(), ADMIN_PORT);
