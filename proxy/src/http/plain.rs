@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::app::AppClient;
 use super::inbound::{CLIENT_ID, PROXY_ERROR};
-use super::orig_proto::{ORIG_PROTO, UPGRADE_STATUS};
+use super::orig_proto::{ORIG_PROTO, UPGRADE_STATUS, remove_hop_by_hop};
 use super::server::{ServerLimits, serve_connection};
 use super::{Body, BoxError};
 use crate::drain;
@@ -43,6 +43,28 @@ pub(crate) struct PlainConnection {
     pub(crate) header_read_timeout: Duration,
     /// Upgraded streams with no byte either way for this long are closed.
     pub(crate) upgrade_idle_timeout: Duration,
+}
+
+/// Makes a message's headers fit to forward from one HTTP connection to another (RFC 9110
+/// §7.6.1): the hop-by-hop ones go, except that an upgrade keeps its `Connection: upgrade` and
+/// `Upgrade`, which the next hop must see (a `101` answer too).
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let upgrade = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        .then(|| headers.get(http::header::UPGRADE).cloned())
+        .flatten();
+    remove_hop_by_hop(headers);
+    if let Some(upgrade) = upgrade {
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(http::header::UPGRADE, upgrade);
+    }
 }
 
 /// The headers a client outside the mesh may not set.
@@ -80,6 +102,7 @@ async fn forward(conn: &PlainConnection, mut req: Request<Incoming>) -> Response
     let started = Instant::now();
     let wall = SystemTime::now();
     strip_mesh_headers(req.headers_mut());
+    strip_hop_by_hop(req.headers_mut());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let authority = req
@@ -107,6 +130,7 @@ async fn forward(conn: &PlainConnection, mut req: Request<Incoming>) -> Response
                     tokio::spawn(splice_upgraded(client, app, conn.upgrade_idle_timeout));
                 }
             }
+            strip_hop_by_hop(response.headers_mut());
             let response =
                 response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
             (response, None)
@@ -181,6 +205,39 @@ pub(crate) async fn splice_upgraded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_but_an_upgrade_stays() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            http::HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        headers.insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+        headers.insert("x-hop", http::HeaderValue::from_static("1"));
+        headers.insert("x-end-to-end", http::HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.get("connection").is_none());
+        assert!(headers.get("keep-alive").is_none());
+        assert!(headers.get("x-hop").is_none());
+        assert!(headers.get("x-end-to-end").is_some());
+
+        let mut upgrade = HeaderMap::new();
+        upgrade.insert(
+            "connection",
+            http::HeaderValue::from_static("Upgrade, keep-alive"),
+        );
+        upgrade.insert("upgrade", http::HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut upgrade);
+        assert_eq!(
+            upgrade.get("connection").map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+        assert_eq!(
+            upgrade.get("upgrade").map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+    }
 
     #[test]
     fn mesh_headers_are_removed_and_others_kept() {

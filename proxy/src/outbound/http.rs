@@ -41,7 +41,7 @@ use crate::drain;
 use crate::http::active::hold_until_done;
 use crate::http::app::{AppClient, AppClientConfig, AppError};
 use crate::http::client::{ConnectError, H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};
-use crate::http::plain::splice_upgraded;
+use crate::http::plain::{splice_upgraded, strip_hop_by_hop};
 use crate::http::server::{ServerLimits, serve_connection};
 use crate::http::{Body, BoxError};
 use crate::metrics::{Classification, Direction, Labels, TlsStatus};
@@ -106,11 +106,13 @@ impl HttpClients {
         addr: SocketAddr,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
+        strip_hop_by_hop(req.headers_mut());
         let client_upgrade = req
             .headers()
             .contains_key(http::header::UPGRADE)
             .then(|| hyper::upgrade::on(&mut req));
         let mut response = self.plain(addr).send(req).await.map_err(SendError::Plain)?;
+        strip_hop_by_hop(response.headers_mut());
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 let upstream = hyper::upgrade::on(&mut response);
@@ -461,6 +463,9 @@ async fn route_request(ctx: &OutboundContext, target: &Target, req: Request<Body
         };
         let picked = match backend.balancer.pick_avoiding(last_failed) {
             Ok(picked) => picked,
+            // The backend looked available a moment ago, but a concurrent request took its
+            // last endpoint's probe: choose again, and the next group takes over.
+            Err(_) if !destination.split.is_empty() && attempt < attempts => continue,
             Err(error) => return failed(error.into(), Some(destination), None),
         };
         let Some(body) = replay.take() else {
