@@ -1,8 +1,20 @@
-//! The local dev cluster: an in-memory server speaking the Kubernetes API.
+//! The local dev cluster: an in-memory server speaking the Kubernetes API, for tests and local
+//! runs. Start one with [`DevCluster::start`] and point kube-rs at [`DevCluster::kubeconfig`].
 //!
 //! - [`store`]: objects, resourceVersions, generations, finalizers and the watch history, as
 //!   plain data.
 //! - [`selector`]: label and field selectors.
+//! - [`patch`]: merge patch and JSON patch.
+//! - [`resources`]: the built-in resources, CRD registration and discovery documents.
+//! - [`api`]: the REST API over the store, one request at a time.
+//! - [`server`]: HTTPS with the cluster's own CA, and the kubeconfig.
 
+pub mod api;
+pub mod patch;
+pub mod resources;
 pub mod selector;
+pub mod server;
 pub mod store;
+
+pub use api::{Cluster, ClusterConfig};
+pub use server::{DevCluster, DevClusterConfig, StartError, serve};

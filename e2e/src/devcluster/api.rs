@@ -1,0 +1,838 @@
+//! The Kubernetes REST API over the [`Store`]: routing, authentication, verbs, watches and
+//! `Status` errors. Transport-independent: [`Cluster::handle`] maps one request to one response.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use super::patch;
+use super::resources;
+use super::selector::{FieldSelector, LabelSelector};
+use super::store::{Gvr, ListOptions, Store, StoreError, WatchEvent};
+
+/// The response body type of the server.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Requests larger than this are refused with 413, like the 3 MiB limit of a real API server.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The shared state of one dev cluster: its store, its users, and a signal for watches.
+#[derive(Debug)]
+pub struct Cluster {
+    store: Mutex<Store>,
+    changed: watch::Sender<u64>,
+    tokens: HashMap<String, String>,
+    bookmark_interval: Duration,
+    server_address: Mutex<String>,
+}
+
+/// The tunables of a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Bearer token -> user name. Requests without one of these tokens get 401.
+    pub tokens: HashMap<String, String>,
+    /// Watch events kept per resource; a watch resuming from further back gets 410 Expired.
+    pub history_limit: usize,
+    /// How often a watch that asked for bookmarks gets one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            tokens: HashMap::new(),
+            history_limit: 1000,
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An error answered as a Kubernetes `Status`.
+#[derive(Debug)]
+struct ApiError {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+
+    fn status(&self) -> Value {
+        status_object(self.code, self.reason, &self.message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::UnknownResource(_) | StoreError::NotFound { .. } => {
+                Self::not_found(message)
+            }
+            StoreError::AlreadyExists { .. } => {
+                Self::new(StatusCode::CONFLICT, "AlreadyExists", message)
+            }
+            StoreError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "Conflict", message),
+            StoreError::Invalid(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+            }
+            StoreError::Expired { .. } => Self::new(StatusCode::GONE, "Expired", message),
+            StoreError::BadContinue => Self::bad_request(message),
+        }
+    }
+}
+
+fn status_object(code: StatusCode, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    })
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(value.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A request's target, once its path is parsed.
+#[derive(Debug)]
+struct Target {
+    gvr: Gvr,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn query_params(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Cluster {
+    /// A cluster with the built-in resources and the namespaces `default`, `kube-system` and
+    /// `kube-public`.
+    pub fn new(config: ClusterConfig) -> Arc<Self> {
+        let mut store = Store::new(config.history_limit);
+        resources::register_builtins(&mut store);
+        let namespaces = Gvr::new("", "v1", "namespaces");
+        for ns in ["default", "kube-system", "kube-public"] {
+            // The store is empty and the names valid: creation cannot fail.
+            let _ = store.create(
+                &namespaces,
+                "",
+                json!({"metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+            );
+        }
+        let (changed, _) = watch::channel(store.revision());
+        Arc::new(Self {
+            store: Mutex::new(store),
+            changed,
+            tokens: config.tokens,
+            bookmark_interval: config.bookmark_interval,
+            server_address: Mutex::new(String::new()),
+        })
+    }
+
+    /// Records the address clients reach the server at (for `/api` discovery).
+    pub fn set_server_address(&self, address: String) {
+        if let Ok(mut a) = self.server_address.lock() {
+            *a = address;
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A poisoned lock means a panic in a store call, which the store never does on input;
+        // the data is still consistent per operation, so keep serving.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self, revision: u64) {
+        self.changed.send_replace(revision);
+    }
+
+    /// Answers one HTTP request.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_string();
+        if matches!(
+            path.as_str(),
+            "/healthz" | "/readyz" | "/livez" | "/version"
+        ) && parts.method == Method::GET
+        {
+            return if path == "/version" {
+                json_response(
+                    StatusCode::OK,
+                    &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-mesh-devcluster",
+                        "platform": "linux/amd64", "goVersion": "none", "compiler": "rustc"}),
+                )
+            } else {
+                let mut r = Response::new(
+                    Full::new(Bytes::from_static(b"ok"))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain"),
+                );
+                r
+            };
+        }
+        if let Err(e) = self.authenticate(&parts.headers) {
+            return json_response(e.code, &e.status());
+        }
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                let e = if e.is::<http_body_util::LengthLimitError>() {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestEntityTooLarge",
+                        format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    ApiError::bad_request(format!("reading the request body: {e}"))
+                };
+                return json_response(e.code, &e.status());
+            }
+        };
+        let query = query_params(parts.uri.query());
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        match self.route(&parts.method, &path, &query, &content_type, body) {
+            Ok(response) => response,
+            Err(e) => json_response(e.code, &e.status()),
+        }
+    }
+
+    fn authenticate(&self, headers: &http::HeaderMap) -> Result<String, ApiError> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match token.and_then(|t| self.tokens.get(t)) {
+            Some(user) => Ok(user.clone()),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized: a valid bearer token is required",
+            )),
+        }
+    }
+
+    fn route(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        query: &HashMap<String, String>,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let (group, version, rest) = match segments.as_slice() {
+            ["api"] => {
+                let address = self
+                    .server_address
+                    .lock()
+                    .map(|a| a.clone())
+                    .unwrap_or_default();
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"kind": "APIVersions", "versions": ["v1"],
+                        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}]}),
+                ));
+            }
+            ["apis"] => {
+                let groups = resources::groups(&self.store());
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+                ));
+            }
+            ["apis", group] => {
+                let found = resources::groups(&self.store())
+                    .into_iter()
+                    .find(|g| g["name"] == *group);
+                return match found {
+                    Some(g) => Ok(json_response(StatusCode::OK, &g)),
+                    None => Err(ApiError::not_found(format!(
+                        "the server could not find the requested resource (group {group})"
+                    ))),
+                };
+            }
+            ["api", version, rest @ ..] => ("", *version, rest),
+            ["apis", group, version, rest @ ..] => (*group, *version, rest),
+            _ => {
+                return Err(ApiError::not_found(format!(
+                    "the server could not find the requested resource {path}"
+                )));
+            }
+        };
+        if rest.is_empty() {
+            return match resources::resource_list(&self.store(), group, version) {
+                Some(list) => Ok(json_response(StatusCode::OK, &list)),
+                None => Err(ApiError::not_found(format!(
+                    "the server could not find the requested resource {path}"
+                ))),
+            };
+        }
+        let target = self.target(group, version, rest, path)?;
+        let namespace = target.namespace.clone().unwrap_or_default();
+        match (method, &target.name) {
+            (&Method::GET, None) => {
+                let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+                if watching {
+                    self.watch(&target, query)
+                } else {
+                    self.list(&target, query)
+                }
+            }
+            (&Method::GET, Some(name)) => {
+                let object = self.store().get(&target.gvr, &namespace, name)?;
+                Ok(json_response(StatusCode::OK, &object))
+            }
+            (&Method::POST, None) => {
+                let object = parse_json(&body)?;
+                self.ensure_namespace(&target)?;
+                let mut store = self.store();
+                let mut created = store.create(&target.gvr, &namespace, object)?;
+                if target.gvr == resources::crd_gvr() {
+                    created = self.established(&mut store, created)?;
+                }
+                let revision = store.revision();
+                drop(store);
+                self.notify(revision);
+                Ok(json_response(StatusCode::CREATED, &created))
+            }
+            (&Method::PUT, Some(name)) => {
+                let object = parse_json(&body)?;
+                self.write(&target, name, object)
+            }
+            (&Method::PATCH, Some(name)) => {
+                let current = self.store().get(&target.gvr, &namespace, name);
+                let mut object = match (current, content_type) {
+                    (Ok(object), _) => object,
+                    (Err(StoreError::NotFound { .. }), ct)
+                        if ct.starts_with("application/apply-patch") =>
+                    {
+                        return self.apply_create(&target, name, &body);
+                    }
+                    (Err(e), _) => return Err(e.into()),
+                };
+                let ct = content_type.split(';').next().unwrap_or_default().trim();
+                match ct {
+                    "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                        patch::merge_patch(&mut object, &parse_json(&body)?);
+                    }
+                    "application/json-patch+json" => {
+                        patch::json_patch(&mut object, &parse_json(&body)?).map_err(|e| {
+                            ApiError::new(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "Invalid",
+                                e.to_string(),
+                            )
+                        })?;
+                    }
+                    "application/apply-patch+yaml" => {
+                        patch::merge_patch(&mut object, &parse_yaml(&body)?);
+                    }
+                    other => {
+                        return Err(ApiError::new(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "UnsupportedMediaType",
+                            format!(
+                                "the body of the request was in an unknown format ({other}); use application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json or application/apply-patch+yaml"
+                            ),
+                        ));
+                    }
+                }
+                self.write(&target, name, object)
+            }
+            (&Method::DELETE, Some(name)) => {
+                let precondition = parse_json_or_empty(&body)?
+                    .pointer("/preconditions/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                let mut store = self.store();
+                let (object, gone) =
+                    store.delete(&target.gvr, &namespace, name, precondition.as_deref())?;
+                if gone && target.gvr == resources::crd_gvr() {
+                    for (gvr, _) in resources::crd_resources(&object) {
+                        store.unregister(&gvr);
+                    }
+                }
+                let revision = store.revision();
+                drop(store);
+                self.notify(revision);
+                Ok(json_response(StatusCode::OK, &object))
+            }
+            (&Method::DELETE, None) => {
+                let options = list_options(query)?;
+                let mut store = self.store();
+                let page = store.list(&target.gvr, target.namespace.as_deref(), &options)?;
+                for item in &page.items {
+                    let ns = item
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    let name = item
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    store.delete(&target.gvr, &ns, &name, None)?;
+                }
+                let revision = store.revision();
+                drop(store);
+                self.notify(revision);
+                Ok(json_response(
+                    StatusCode::OK,
+                    &list_object(
+                        &target.gvr,
+                        self.kind(&target.gvr),
+                        page.items,
+                        revision,
+                        None,
+                    ),
+                ))
+            }
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{method} is not supported on {path}"),
+            )),
+        }
+    }
+
+    fn kind(&self, gvr: &Gvr) -> String {
+        self.store()
+            .info(gvr)
+            .map(|i| i.kind.clone())
+            .unwrap_or_default()
+    }
+
+    fn target(
+        &self,
+        group: &str,
+        version: &str,
+        rest: &[&str],
+        path: &str,
+    ) -> Result<Target, ApiError> {
+        let (namespace, rest) = match rest {
+            ["namespaces", ns, tail @ ..]
+                if !tail.is_empty() && !matches!(tail, ["status" | "finalize"]) =>
+            {
+                (Some(ns.to_string()), tail)
+            }
+            _ => (None, rest),
+        };
+        let (resource, name, subresource) = match rest {
+            [resource] => (*resource, None, None),
+            [resource, name] => (*resource, Some(name.to_string()), None),
+            [resource, name, sub] => (*resource, Some(name.to_string()), Some(sub.to_string())),
+            _ => {
+                return Err(ApiError::not_found(format!(
+                    "the server could not find the requested resource {path}"
+                )));
+            }
+        };
+        let gvr = Gvr::new(group, version, resource);
+        let namespaced = match self.store().info(&gvr) {
+            Some(info) => info.namespaced,
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "the server could not find the requested resource {path}"
+                )));
+            }
+        };
+        if namespace.is_some() && !namespaced {
+            return Err(ApiError::not_found(format!(
+                "{resource} is cluster-scoped; use a path without /namespaces/"
+            )));
+        }
+        if namespaced && namespace.is_none() && name.is_some() {
+            return Err(ApiError::not_found(format!(
+                "{resource} is namespaced; use /namespaces/<namespace>/{resource}/<name>"
+            )));
+        }
+        match subresource.as_deref() {
+            None | Some("status") => {}
+            Some(other) => {
+                return Err(ApiError::not_found(format!(
+                    "the server does not serve the subresource {other:?} of {resource}"
+                )));
+            }
+        }
+        Ok(Target {
+            gvr,
+            namespace,
+            name,
+            subresource,
+        })
+    }
+
+    fn ensure_namespace(&self, target: &Target) -> Result<(), ApiError> {
+        if let Some(ns) = &target.namespace {
+            let namespaces = Gvr::new("", "v1", "namespaces");
+            let existing = self.store().get(&namespaces, "", ns);
+            match existing {
+                Ok(object) if object.pointer("/metadata/deletionTimestamp").is_some() => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden",
+                        format!("namespace {ns} is being terminated"),
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(ApiError::not_found(format!("namespaces {ns:?} not found")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a CRD accepted and established and starts serving its resources.
+    fn established(&self, store: &mut Store, crd: Value) -> Result<Value, ApiError> {
+        for (gvr, info) in resources::crd_resources(&crd) {
+            store.register(gvr, info);
+        }
+        let name = crd
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut with_status = crd.clone();
+        with_status["status"] = resources::crd_status(&crd);
+        Ok(store.replace_status(&resources::crd_gvr(), "", &name, with_status)?)
+    }
+
+    fn write(
+        &self,
+        target: &Target,
+        name: &str,
+        object: Value,
+    ) -> Result<Response<Body>, ApiError> {
+        let namespace = target.namespace.clone().unwrap_or_default();
+        let mut store = self.store();
+        let mut written = if target.subresource.as_deref() == Some("status") {
+            store.replace_status(&target.gvr, &namespace, name, object)?
+        } else {
+            store.replace(&target.gvr, &namespace, name, object)?
+        };
+        if target.gvr == resources::crd_gvr() && target.subresource.is_none() {
+            written = self.established(&mut store, written)?;
+        }
+        let revision = store.revision();
+        drop(store);
+        self.notify(revision);
+        Ok(json_response(StatusCode::OK, &written))
+    }
+
+    /// Server-side apply of an object that does not exist yet: a create.
+    fn apply_create(
+        &self,
+        target: &Target,
+        name: &str,
+        body: &Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let mut object = parse_yaml(body)?;
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("name".into(), json!(name));
+        }
+        self.ensure_namespace(target)?;
+        let namespace = target.namespace.clone().unwrap_or_default();
+        let mut store = self.store();
+        let mut created = store.create(&target.gvr, &namespace, object)?;
+        if target.gvr == resources::crd_gvr() {
+            created = self.established(&mut store, created)?;
+        }
+        let revision = store.revision();
+        drop(store);
+        self.notify(revision);
+        Ok(json_response(StatusCode::CREATED, &created))
+    }
+
+    fn list(
+        &self,
+        target: &Target,
+        query: &HashMap<String, String>,
+    ) -> Result<Response<Body>, ApiError> {
+        let options = list_options(query)?;
+        let store = self.store();
+        let page = store.list(&target.gvr, target.namespace.as_deref(), &options)?;
+        let kind = store
+            .info(&target.gvr)
+            .map(|i| i.kind.clone())
+            .unwrap_or_default();
+        Ok(json_response(
+            StatusCode::OK,
+            &list_object(
+                &target.gvr,
+                kind,
+                page.items,
+                page.resource_version,
+                page.continue_token,
+            ),
+        ))
+    }
+
+    fn watch(
+        self: &Arc<Self>,
+        target: &Target,
+        query: &HashMap<String, String>,
+    ) -> Result<Response<Body>, ApiError> {
+        let options = list_options(query)?;
+        let timeout = match query.get("timeoutSeconds") {
+            Some(t) => Duration::from_secs(t.parse().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
+            })?),
+            None => Duration::from_secs(1800),
+        };
+        let bookmarks = matches!(
+            query.get("allowWatchBookmarks").map(String::as_str),
+            Some("true" | "1")
+        );
+        let start = match query.get("resourceVersion").map(String::as_str) {
+            None | Some("" | "0") => None,
+            Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("resourceVersion {rv:?} is not a valid version"))
+            })?),
+        };
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let mut changed = self.changed.subscribe();
+        let cluster = Arc::clone(self);
+        let gvr = target.gvr.clone();
+        let namespace = target.namespace.clone();
+        let kind = self.kind(&gvr);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            // Initial state: from the given version, or every current object as ADDED.
+            let mut last = match start {
+                Some(rv) => rv,
+                None => {
+                    let (page, revision) = {
+                        let store = cluster.store();
+                        (
+                            store.list(&gvr, namespace.as_deref(), &options),
+                            store.revision(),
+                        )
+                    };
+                    let Ok(page) = page else { return };
+                    for object in page.items {
+                        if tx.send(event_line("ADDED", &object)).await.is_err() {
+                            return;
+                        }
+                    }
+                    revision
+                }
+            };
+            let mut bookmark = tokio::time::interval(cluster.bookmark_interval);
+            bookmark.tick().await;
+            loop {
+                let events = cluster.store().events_since(&gvr, last);
+                match events {
+                    Ok(events) => {
+                        for event in events {
+                            last = last.max(event.resource_version);
+                            if !visible(&event, namespace.as_deref(), &options) {
+                                continue;
+                            }
+                            if tx
+                                .send(event_line(event.kind.as_str(), &event.object))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let e = ApiError::from(e);
+                        let _ = tx.send(event_line("ERROR", &e.status())).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep_until(deadline) => return,
+                    _ = bookmark.tick(), if bookmarks => {
+                        let object = json!({"kind": kind, "apiVersion": gvr.api_version(),
+                            "metadata": {"resourceVersion": last.to_string()}});
+                        if tx.send(event_line("BOOKMARK", &object)).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|line| (Ok::<_, Infallible>(Frame::data(line)), rx))
+        });
+        let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        Ok(response)
+    }
+}
+
+fn visible(event: &WatchEvent, namespace: Option<&str>, options: &ListOptions) -> bool {
+    let object = &event.object;
+    if let Some(ns) = namespace
+        && object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            != Some(ns)
+    {
+        return false;
+    }
+    options.labels.matches_object(object) && options.fields.matches_object(object)
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+fn list_object(
+    gvr: &Gvr,
+    kind: String,
+    items: Vec<Value>,
+    revision: u64,
+    continue_token: Option<String>,
+) -> Value {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(token) = continue_token {
+        metadata["continue"] = json!(token);
+    }
+    json!({"kind": format!("{kind}List"), "apiVersion": gvr.api_version(), "metadata": metadata, "items": items})
+}
+
+fn list_options(query: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
+    let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let limit = match query.get("limit") {
+        Some(l) if !l.is_empty() => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
+        _ => 0,
+    };
+    Ok(ListOptions {
+        labels,
+        fields,
+        limit,
+        continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
+    })
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+fn parse_json_or_empty(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(json!({}))
+    } else {
+        parse_json(body)
+    }
+}
+
+fn parse_yaml(body: &Bytes) -> Result<Value, ApiError> {
+    serde_yaml::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the request body is not valid YAML or JSON: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding() {
+        let q = query_params(Some(
+            "labelSelector=app%3Dweb%2Ctier+in+(a)&watch=1&x=%zz&y=%4",
+        ));
+        assert_eq!(q["labelSelector"], "app=web,tier in (a)");
+        assert_eq!(q["watch"], "1");
+        assert_eq!(q["x"], "%zz");
+        assert_eq!(q["y"], "%4");
+    }
+}

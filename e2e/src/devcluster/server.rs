@@ -1,0 +1,316 @@
+//! The transport of the dev cluster: HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with the cluster's own
+//! CA, optional plain HTTP, and the kubeconfig that points kube-rs or kubectl at it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::api::{Cluster, ClusterConfig};
+
+/// Why the dev cluster could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Binding the listen address failed.
+    #[error("binding {address}: {source}; choose another address or port")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Generating the CA or the serving certificate failed.
+    #[error("generating the dev cluster's certificates: {0}")]
+    Certificates(#[from] rcgen::Error),
+    /// The TLS configuration was refused.
+    #[error("building the TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The kubeconfig could not be rendered.
+    #[error("rendering the kubeconfig: {0}")]
+    Kubeconfig(#[from] serde_yaml::Error),
+}
+
+/// How to start a dev cluster.
+#[derive(Debug, Clone)]
+pub struct DevClusterConfig {
+    /// The cluster name used in the kubeconfig (context, cluster and user entries).
+    pub name: String,
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Serve HTTPS (the default) or plain HTTP.
+    pub tls: bool,
+    /// Users: bearer token -> user name. When empty, one `admin` user with a random token.
+    pub tokens: HashMap<String, String>,
+    /// Watch events kept per resource before a resuming watch gets 410 Expired.
+    pub history_limit: usize,
+    /// How often watches that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for DevClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "dev".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: true,
+            tokens: HashMap::new(),
+            history_limit: 1000,
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running dev cluster. Dropping it stops the server.
+#[derive(Debug)]
+pub struct DevCluster {
+    address: SocketAddr,
+    kubeconfig: String,
+    ca_pem: Option<String>,
+    admin_token: String,
+    cluster: Arc<Cluster>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl DevCluster {
+    /// Binds, generates the CA and serving certificate, and starts serving in the background.
+    pub async fn start(config: DevClusterConfig) -> Result<Self, StartError> {
+        let mut tokens = config.tokens.clone();
+        if tokens.is_empty() {
+            let token: [u8; 24] = rand::random();
+            let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+            tokens.insert(token, "admin".into());
+        }
+        let (admin_token, admin_user) = tokens
+            .iter()
+            .min_by(|a, b| (a.1 != "admin", a.1).cmp(&(b.1 != "admin", b.1)))
+            .map(|(t, u)| (t.clone(), u.clone()))
+            .unwrap_or_default();
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    address: config.listen,
+                    source,
+                })?;
+        let address = listener.local_addr().map_err(|source| StartError::Bind {
+            address: config.listen,
+            source,
+        })?;
+        let (acceptor, ca_pem) = if config.tls {
+            let (acceptor, ca_pem) = tls_acceptor(address)?;
+            (Some(acceptor), Some(ca_pem))
+        } else {
+            (None, None)
+        };
+        let scheme = if config.tls { "https" } else { "http" };
+        let server = format!("{scheme}://{address}");
+        let cluster = Cluster::new(ClusterConfig {
+            tokens,
+            history_limit: config.history_limit,
+            bookmark_interval: config.bookmark_interval,
+        });
+        cluster.set_server_address(address.to_string());
+        let kubeconfig = kubeconfig(
+            &config.name,
+            &server,
+            ca_pem.as_deref(),
+            &admin_user,
+            &admin_token,
+        )?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, acceptor, Arc::clone(&cluster), shutdown_rx));
+        Ok(Self {
+            address,
+            kubeconfig,
+            ca_pem,
+            admin_token,
+            cluster,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// A kubeconfig (YAML) for the admin user: server URL, CA, bearer token.
+    pub fn kubeconfig(&self) -> &str {
+        &self.kubeconfig
+    }
+
+    /// The PEM of the CA that signed the serving certificate (None for plain HTTP).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// The admin user's bearer token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The cluster state (for in-process inspection).
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Stops accepting, closes connections and waits for the server task.
+    pub async fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Serves the cluster's API on `listener` (TLS when `acceptor` is given) until `shutdown` turns
+/// true. Each connection runs in its own task; a bad connection ends only itself.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    cluster: Arc<Cluster>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (tcp, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let cluster = Arc::clone(&cluster);
+        let acceptor = acceptor.clone();
+        let mut stop = shutdown.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let cluster = Arc::clone(&cluster);
+                async move { Ok::<_, std::convert::Infallible>(cluster.handle(request).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let result = match acceptor {
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(tls) => {
+                        let conn = builder.serve_connection(TokioIo::new(tls), service);
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            r = conn.as_mut() => r,
+                            _ = stop.wait_for(|s| *s) => Ok(()),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = stop.wait_for(|s| *s) => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.shutdown().await;
+}
+
+/// A fresh CA and a serving certificate for localhost and the listen address.
+fn tls_acceptor(address: SocketAddr) -> Result<(tokio_rustls::TlsAcceptor, String), StartError> {
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "mesh dev cluster CA");
+    ca_params.distinguished_name = dn;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let ca_pem = ca_cert.pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(address.ip()));
+    if !address.ip().is_loopback() {
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    }
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "mesh-devcluster");
+    params.distinguished_name = dn;
+    let cert = params.signed_by(&key, &issuer)?;
+    let chain = vec![CertificateDer::from(cert.der().to_vec())];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(mesh_trust::tls::provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca_pem))
+}
+
+fn kubeconfig(
+    name: &str,
+    server: &str,
+    ca_pem: Option<&str>,
+    user: &str,
+    token: &str,
+) -> Result<String, StartError> {
+    use base64::Engine;
+    let mut cluster = json!({"server": server});
+    if let Some(pem) = ca_pem {
+        cluster["certificate-authority-data"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(pem));
+    }
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": cluster}],
+        "users": [{"name": format!("{name}-{user}"), "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": format!("{name}-{user}"), "namespace": "default"}}],
+        "current-context": name,
+        "preferences": {},
+    });
+    Ok(serde_yaml::to_string(&config)?)
+}

@@ -1,0 +1,476 @@
+//! Conformance of the dev cluster, through kube-rs exactly as the product uses it: CRUD on core
+//! types and a CRD, conflicts, finalizers, selectors, watches with 410 recovery, and auth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Config, CustomResourceExt, ResourceExt};
+use mesh_api::crd::Link;
+use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn client_for(kubeconfig: &str) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(kubeconfig).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+async fn start(config: DevClusterConfig) -> (DevCluster, Client) {
+    let cluster = DevCluster::start(config).await.unwrap();
+    let client = client_for(cluster.kubeconfig()).await;
+    (cluster, client)
+}
+
+fn api_code(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(status) => (status.code, status.reason.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn configmap(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "data": {"k": "v"}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn configmap_and_service_crud() {
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+
+    let created = cms
+        .create(
+            &PostParams::default(),
+            &configmap("a", json!({"app": "web"})),
+        )
+        .await
+        .unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert!(created.metadata.creation_timestamp.is_some());
+    let (code, reason) = api_code(
+        cms.create(&PostParams::default(), &configmap("a", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+
+    let mut generated = configmap("", json!({"app": "db"}));
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("gen-".into());
+    let generated = cms
+        .create(&PostParams::default(), &generated)
+        .await
+        .unwrap();
+    assert!(generated.name_any().starts_with("gen-"));
+
+    // Replace with the current version, then with the stale one: 409 Conflict.
+    let mut changed = created.clone();
+    changed.data = Some([("k".to_string(), "v2".to_string())].into());
+    let replaced = cms
+        .replace("a", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    assert_ne!(replaced.resource_version(), created.resource_version());
+    let (code, reason) = api_code(
+        cms.replace("a", &PostParams::default(), &changed)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+
+    // Merge patch and JSON patch.
+    let patched = cms
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"extra": "1"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data.as_ref().unwrap()["extra"], "1");
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "replace", "path": "/data/k", "value": "v3"}]))
+            .unwrap();
+    let patched = cms
+        .patch("a", &PatchParams::default(), &Patch::<()>::Json(ops))
+        .await
+        .unwrap();
+    assert_eq!(patched.data.as_ref().unwrap()["k"], "v3");
+
+    // Label and field selectors.
+    let names = |list: kube::core::ObjectList<ConfigMap>| {
+        list.items
+            .iter()
+            .map(|c| c.name_any())
+            .collect::<BTreeSet<_>>()
+    };
+    let web = cms
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    assert_eq!(names(web), BTreeSet::from(["a".to_string()]));
+    let not_web = cms
+        .list(&ListParams::default().labels("app!=web"))
+        .await
+        .unwrap();
+    assert_eq!(names(not_web), BTreeSet::from([generated.name_any()]));
+    let set = cms
+        .list(&ListParams::default().labels("app in (web,db)"))
+        .await
+        .unwrap();
+    assert_eq!(set.items.len(), 2);
+    let by_name = cms
+        .list(&ListParams::default().fields("metadata.name=a"))
+        .await
+        .unwrap();
+    assert_eq!(names(by_name), BTreeSet::from(["a".to_string()]));
+    let (code, _) = api_code(
+        cms.list(&ListParams::default().labels("app in web"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400);
+
+    // Paging.
+    let first = cms.list(&ListParams::default().limit(1)).await.unwrap();
+    assert_eq!(first.items.len(), 1);
+    let token = first.metadata.continue_.clone().unwrap();
+    let second = cms
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_ne!(first.items[0].name_any(), second.items[0].name_any());
+
+    // Delete with and without finalizers.
+    let mut held = configmap("held", json!({}));
+    held.metadata.finalizers = Some(vec!["mesh.io/test".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    cms.delete("held", &DeleteParams::default()).await.unwrap();
+    let terminating = cms.get("held").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(cms.get_opt("held").await.unwrap().is_none());
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_code(cms.get("a").await.unwrap_err()).0, 404);
+
+    // Services, and a namespace that does not exist.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    let svc = services.create(&PostParams::default(), &svc).await.unwrap();
+    assert_eq!(svc.metadata.generation, Some(1));
+    let svc = services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ports": [{"port": 8080}]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(svc.metadata.generation, Some(2));
+    let missing: Api<Service> = Api::namespaced(client, "nowhere");
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+    assert_eq!(
+        api_code(
+            missing
+                .create(&PostParams::default(), &svc)
+                .await
+                .unwrap_err()
+        )
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn crd_becomes_servable_with_status_subresource() {
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &Link::crd())
+        .await
+        .unwrap();
+    let crd = crds.get(Link::crd_name()).await.unwrap();
+    let established = crd
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True");
+    assert!(established);
+
+    let links: Api<Link> = Api::namespaced(client.clone(), "default");
+    let link: Link = serde_json::from_value(json!({
+        "apiVersion": "multicluster.mesh.io/v1alpha1", "kind": "Link",
+        "metadata": {"name": "east"},
+        "spec": {
+            "clusterName": "east", "trustDomain": "east",
+            "gateway": {"addresses": ["10.0.0.1"], "identity": "spiffe://east/ns/mesh/sa/gateway"},
+            "credentialsSecret": "east-kubeconfig", "trustBundle": "pem"
+        }
+    }))
+    .unwrap();
+    let created = links.create(&PostParams::default(), &link).await.unwrap();
+    assert_eq!(created.spec.cluster_name, "east");
+    assert_eq!(created.metadata.generation, Some(1));
+
+    // Status only through the subresource; it does not bump generation.
+    let with_status = links
+        .patch_status(
+            "east",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"mirroredServices": 3, "observedGeneration": 1}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(with_status.status.as_ref().unwrap().mirrored_services, 3);
+    assert_eq!(with_status.metadata.generation, Some(1));
+    let spec_change = links
+        .patch(
+            "east",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"trustBundle": "pem2"}, "status": {"mirroredServices": 9}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spec_change.metadata.generation, Some(2));
+    assert_eq!(spec_change.status.unwrap().mirrored_services, 3);
+
+    assert_eq!(
+        links
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    links
+        .delete("east", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(links.get_opt("east").await.unwrap().is_none());
+
+    // Deleting the CRD stops serving its resource.
+    crds.delete(Link::crd_name(), &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(links.list(&ListParams::default()).await.unwrap_err()).0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn watch_from_expired_version_is_gone() {
+    let (_cluster, client) = start(DevClusterConfig {
+        history_limit: 3,
+        ..Default::default()
+    })
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let first = cms
+        .create(&PostParams::default(), &configmap("c0", json!({})))
+        .await
+        .unwrap();
+    for i in 1..6 {
+        cms.create(
+            &PostParams::default(),
+            &configmap(&format!("c{i}"), json!({})),
+        )
+        .await
+        .unwrap();
+    }
+    let mut stream = cms
+        .watch(
+            &WatchParams::default().timeout(5),
+            &first.resource_version().unwrap(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    let event = tokio::time::timeout(WAIT, stream.next()).await.unwrap();
+    match event {
+        // As from a real API server: 200, then an ERROR event carrying the 410 Status.
+        Some(Ok(kube::api::WatchEvent::Error(status))) => {
+            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+        }
+        other => panic!("expected 410 Expired, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watcher_and_reflector_converge_across_410() {
+    let (_cluster, client) = start(DevClusterConfig {
+        history_limit: 4,
+        // No bookmarks: the watcher's version stays at its last matching event.
+        bookmark_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&inits);
+    let config = watcher::Config::default().labels("app=watched").timeout(1);
+    let stream = reflector(writer, watcher(cms.clone(), config)).default_backoff();
+    let driver = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Ok(watcher::Event::Init) = event {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+
+    let names = |reader: &reflector::Store<ConfigMap>| {
+        reader
+            .state()
+            .iter()
+            .map(|c| c.name_any())
+            .collect::<BTreeSet<_>>()
+    };
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    for name in ["w1", "w2"] {
+        cms.create(
+            &PostParams::default(),
+            &configmap(name, json!({"app": "watched"})),
+        )
+        .await
+        .unwrap();
+    }
+    eventually("the first two objects", || names(&reader).len() == 2).await;
+    assert_eq!(inits.load(Ordering::SeqCst), 1);
+
+    // Churn that the selector hides pushes the watcher's version out of the history; when its
+    // watch times out and resumes, the server answers 410 and the watcher relists.
+    for i in 0..8 {
+        cms.create(
+            &PostParams::default(),
+            &configmap(&format!("other{i}"), json!({})),
+        )
+        .await
+        .unwrap();
+    }
+    eventually("a relist after 410", || inits.load(Ordering::SeqCst) >= 2).await;
+
+    cms.create(
+        &PostParams::default(),
+        &configmap("w3", json!({"app": "watched"})),
+    )
+    .await
+    .unwrap();
+    cms.delete("w1", &DeleteParams::default()).await.unwrap();
+    let expected = BTreeSet::from(["w2".to_string(), "w3".to_string()]);
+    eventually("w2 and w3 only", || names(&reader) == expected).await;
+    driver.abort();
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_get_401() {
+    let cluster = DevCluster::start(DevClusterConfig::default())
+        .await
+        .unwrap();
+    let bad = cluster
+        .kubeconfig()
+        .replace(cluster.admin_token(), "wrong-token");
+    let client = client_for(&bad).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let (code, reason) = api_code(cms.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
+}
+
+#[tokio::test]
+async fn bad_input_gets_status_errors() {
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let send = |method: &str, path: &str, content_type: &str, body: Vec<u8>| {
+        let client = client.clone();
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", content_type)
+            .body(body)
+            .unwrap();
+        async move { client.request_text(request).await }
+    };
+    let code = |r: Result<String, kube::Error>| api_code(r.unwrap_err()).0;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    assert_eq!(
+        code(send("POST", cms, "application/json", b"{nope".to_vec()).await),
+        400
+    );
+    assert_eq!(
+        code(send("POST", cms, "application/json", b"[1]".to_vec()).await),
+        422
+    );
+    assert_eq!(
+        code(send("POST", cms, "application/json", vec![b' '; 4 * 1024 * 1024]).await),
+        413
+    );
+    assert_eq!(
+        code(send("GET", "/api/v1/widgets", "application/json", vec![]).await),
+        404
+    );
+    assert_eq!(
+        code(send("GET", "/apis/nope.io/v1/things", "application/json", vec![]).await),
+        404
+    );
+    assert_eq!(
+        code(send("GET", "/nowhere", "application/json", vec![]).await),
+        404
+    );
+    assert_eq!(
+        code(
+            send(
+                "GET",
+                &format!("{cms}?labelSelector=a%20in%20x"),
+                "application/json",
+                vec![]
+            )
+            .await
+        ),
+        400
+    );
+    // The server still serves after all of that.
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    assert!(discovery.has_group("coordination.k8s.io"));
+    let version = client.apiserver_version().await.unwrap();
+    assert_eq!(version.major, "1");
+}
