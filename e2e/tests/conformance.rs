@@ -13,7 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Client, Config, CustomResourceExt, ResourceExt};
+use kube::{Client, Config, CustomResourceExt, Resource, ResourceExt};
 use mesh_api::crd::Link;
 use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
 use serde_json::json;
@@ -473,4 +473,147 @@ async fn bad_input_gets_status_errors() {
     assert!(discovery.has_group("coordination.k8s.io"));
     let version = client.apiserver_version().await.unwrap();
     assert_eq!(version.major, "1");
+}
+
+#[tokio::test]
+async fn owner_references_and_namespaces_are_collected() {
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = serde_json::from_value(json!({"metadata": {"name": "gc"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "gc");
+    let owner = cms
+        .create(&PostParams::default(), &configmap("owner", json!({})))
+        .await
+        .unwrap();
+    let mut child = configmap("child", json!({}));
+    child.metadata.owner_references = Some(vec![owner.controller_owner_ref(&()).unwrap()]);
+    cms.create(&PostParams::default(), &child).await.unwrap();
+    let mut held = configmap("held", json!({}));
+    held.metadata.owner_references = Some(vec![owner.controller_owner_ref(&()).unwrap()]);
+    held.metadata.finalizers = Some(vec!["mesh.io/test".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+
+    cms.delete("owner", &DeleteParams::default()).await.unwrap();
+    assert!(cms.get_opt("child").await.unwrap().is_none());
+    let held = cms.get("held").await.unwrap();
+    assert!(
+        held.metadata.deletion_timestamp.is_some(),
+        "finalizers hold the dependent"
+    );
+
+    namespaces
+        .delete("gc", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        cms.get_opt("held").await.unwrap().is_some(),
+        "still held by its finalizer"
+    );
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        cms.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn filtered_watch_reports_objects_leaving_and_entering_the_selection() {
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let created = cms
+        .create(
+            &PostParams::default(),
+            &configmap("m", json!({"app": "in"})),
+        )
+        .await
+        .unwrap();
+    let mut stream = cms
+        .watch(
+            &WatchParams::default().labels("app=in").timeout(5),
+            &created.resource_version().unwrap(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    let relabel = |value: &'static str| {
+        let cms = cms.clone();
+        async move {
+            cms.patch(
+                "m",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"app": value}}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    relabel("out").await;
+    relabel("in").await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        match tokio::time::timeout(WAIT, stream.next()).await.unwrap() {
+            Some(Ok(kube::api::WatchEvent::Deleted(_))) => kinds.push("DELETED"),
+            Some(Ok(kube::api::WatchEvent::Added(_))) => kinds.push("ADDED"),
+            Some(Ok(kube::api::WatchEvent::Bookmark(_))) => {}
+            other => panic!("unexpected watch event {other:?}"),
+        }
+    }
+    assert_eq!(kinds, ["DELETED", "ADDED"]);
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_then_updates() {
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let params = PatchParams::apply("mesh-test").force();
+    let applied = cms
+        .patch(
+            "applied",
+            &params,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "applied"}, "data": {"a": "1"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.data.as_ref().unwrap()["a"], "1");
+    let applied = cms
+        .patch(
+            "applied",
+            &params,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "applied"}, "data": {"a": "2"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.data.as_ref().unwrap()["a"], "2");
+}
+
+#[tokio::test]
+async fn plain_http_serves_the_same_api() {
+    let (cluster, client) = start(DevClusterConfig {
+        tls: false,
+        ..Default::default()
+    })
+    .await;
+    assert!(cluster.ca_pem().is_none());
+    assert!(cluster.kubeconfig().contains("http://127.0.0.1:"));
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    cms.create(&PostParams::default(), &configmap("p", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(cms.get("p").await.unwrap().name_any(), "p");
+    cluster.shutdown().await;
 }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use super::patch;
 use super::resources;
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{Gvr, ListOptions, Store, StoreError, WatchEvent};
+use super::store::{EventType, Gvr, ListOptions, Store, StoreError, WatchEvent};
 
 /// The response body type of the server.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -429,6 +429,7 @@ impl Cluster {
                         store.unregister(&gvr);
                     }
                 }
+                store.collect_garbage();
                 let revision = store.revision();
                 drop(store);
                 self.notify(revision);
@@ -451,6 +452,7 @@ impl Cluster {
                         .to_string();
                     store.delete(&target.gvr, &ns, &name, None)?;
                 }
+                store.collect_garbage();
                 let revision = store.revision();
                 drop(store);
                 self.notify(revision);
@@ -592,6 +594,8 @@ impl Cluster {
         if target.gvr == resources::crd_gvr() && target.subresource.is_none() {
             written = self.established(&mut store, written)?;
         }
+        // A write that removed the last finalizer may have finished a deletion.
+        store.collect_garbage();
         let revision = store.revision();
         drop(store);
         self.notify(revision);
@@ -704,14 +708,11 @@ impl Cluster {
                     Ok(events) => {
                         for event in events {
                             last = last.max(event.resource_version);
-                            if !visible(&event, namespace.as_deref(), &options) {
+                            let Some(kind) = visible_as(&event, namespace.as_deref(), &options)
+                            else {
                                 continue;
-                            }
-                            if tx
-                                .send(event_line(event.kind.as_str(), &event.object))
-                                .await
-                                .is_err()
-                            {
+                            };
+                            if tx.send(event_line(kind, &event.object)).await.is_err() {
                                 return;
                             }
                         }
@@ -750,17 +751,35 @@ impl Cluster {
     }
 }
 
-fn visible(event: &WatchEvent, namespace: Option<&str>, options: &ListOptions) -> bool {
-    let object = &event.object;
-    if let Some(ns) = namespace
-        && object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            != Some(ns)
-    {
-        return false;
+/// How a watch filtered by namespace and selectors reports an event, if at all: an object that
+/// starts matching is ADDED and one that stops matching is DELETED, as on a real API server.
+fn visible_as(
+    event: &WatchEvent,
+    namespace: Option<&str>,
+    options: &ListOptions,
+) -> Option<&'static str> {
+    let matches = |object: &Value| {
+        namespace.is_none_or(|ns| {
+            object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                == Some(ns)
+        }) && options.labels.matches_object(object)
+            && options.fields.matches_object(object)
+    };
+    let now = matches(&event.object);
+    match event.kind {
+        EventType::Added | EventType::Deleted => now.then_some(event.kind.as_str()),
+        EventType::Modified => {
+            let before = event.previous.as_ref().is_some_and(matches);
+            match (before, now) {
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
+                (false, false) => None,
+            }
+        }
     }
-    options.labels.matches_object(object) && options.fields.matches_object(object)
 }
 
 fn event_line(kind: &str, object: &Value) -> Bytes {

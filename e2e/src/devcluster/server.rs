@@ -118,7 +118,13 @@ impl DevCluster {
             (None, None)
         };
         let scheme = if config.tls { "https" } else { "http" };
-        let server = format!("{scheme}://{address}");
+        // A wildcard listen address is reached through loopback.
+        let reachable = if address.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], address.port()))
+        } else {
+            address
+        };
+        let server = format!("{scheme}://{reachable}");
         let cluster = Cluster::new(ClusterConfig {
             tokens,
             history_limit: config.history_limit,

@@ -7,7 +7,7 @@
 //! resourceVersion; a resume point older than the history is answered with `Expired` (HTTP 410),
 //! which makes clients relist, exactly as against a real server whose etcd was compacted.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value, json};
 
@@ -75,6 +75,9 @@ pub struct WatchEvent {
     pub object: Value,
     /// The resourceVersion of the change.
     pub resource_version: u64,
+    /// For `Modified`, the object before the change: a filtered watch needs it to tell an
+    /// object that started or stopped matching.
+    pub previous: Option<Value>,
 }
 
 /// Why a store operation failed; each maps onto one Kubernetes `Status` reason.
@@ -349,7 +352,7 @@ impl Store {
         set_type_meta(&mut object, gvr, &table.info);
         table.objects.insert(key, object.clone());
         self.revision = revision;
-        self.record(gvr, EventType::Added, object.clone(), revision);
+        self.record(gvr, EventType::Added, object.clone(), None, revision);
         Ok(object)
     }
 
@@ -468,12 +471,16 @@ impl Store {
                 .unwrap_or(0);
             metadata_mut(&mut new)?.insert("generation".into(), json!(generation + 1));
         }
-        if new == *old {
+        let previous = old.clone();
+        set_type_meta(&mut new, gvr, &table.info);
+        if let Some(rv) = old.pointer("/metadata/resourceVersion") {
+            metadata_mut(&mut new)?.insert("resourceVersion".into(), rv.clone());
+        }
+        if new == previous {
             // No change: like the real server, no new resourceVersion and no event.
             return Ok(new);
         }
         metadata_mut(&mut new)?.insert("resourceVersion".into(), json!(revision.to_string()));
-        set_type_meta(&mut new, gvr, &table.info);
         let finished =
             new.pointer("/metadata/deletionTimestamp").is_some() && finalizers(&new).is_empty();
         self.revision = revision;
@@ -481,12 +488,18 @@ impl Store {
             if let Ok(t) = self.table_mut(gvr) {
                 t.objects.remove(&key);
             }
-            self.record(gvr, EventType::Deleted, new.clone(), revision);
+            self.record(gvr, EventType::Deleted, new.clone(), None, revision);
         } else {
             if let Ok(t) = self.table_mut(gvr) {
                 t.objects.insert(key, new.clone());
             }
-            self.record(gvr, EventType::Modified, new.clone(), revision);
+            self.record(
+                gvr,
+                EventType::Modified,
+                new.clone(),
+                Some(previous),
+                revision,
+            );
         }
         Ok(new)
     }
@@ -519,6 +532,7 @@ impl Store {
                 name: name.to_string(),
             });
         }
+        let previous = old.clone();
         let mut object = old.clone();
         if !finalizers(&object).is_empty() {
             if object.pointer("/metadata/deletionTimestamp").is_some() {
@@ -530,14 +544,75 @@ impl Store {
             meta.insert("resourceVersion".into(), json!(revision.to_string()));
             table.objects.insert(key, object.clone());
             self.revision = revision;
-            self.record(gvr, EventType::Modified, object.clone(), revision);
+            self.record(
+                gvr,
+                EventType::Modified,
+                object.clone(),
+                Some(previous),
+                revision,
+            );
             return Ok((object, false));
         }
         table.objects.remove(&key);
         metadata_mut(&mut object)?.insert("resourceVersion".into(), json!(revision.to_string()));
         self.revision = revision;
-        self.record(gvr, EventType::Deleted, object.clone(), revision);
+        self.record(gvr, EventType::Deleted, object.clone(), None, revision);
         Ok((object, true))
+    }
+
+    /// Starts the deletions a real cluster's garbage collector and namespace controller would:
+    /// of objects whose owners (`ownerReferences`, by uid) are all gone, and of namespaced
+    /// objects whose namespace is gone. Deletion honours finalizers, and cascades through
+    /// owners of owners. Returns how many deletions were started.
+    pub fn collect_garbage(&mut self) -> usize {
+        let namespaces = Gvr::new("", "v1", "namespaces");
+        let mut started = 0;
+        loop {
+            let live_namespaces: Option<HashSet<&str>> = self
+                .tables
+                .get(&namespaces)
+                .map(|t| t.objects.keys().map(|(_, name)| name.as_str()).collect());
+            let live_uids: HashSet<&str> = self
+                .tables
+                .values()
+                .flat_map(|t| t.objects.values())
+                .filter_map(|o| o.pointer("/metadata/uid").and_then(Value::as_str))
+                .collect();
+            let mut doomed = Vec::new();
+            for (gvr, table) in &self.tables {
+                for ((namespace, name), object) in &table.objects {
+                    if object.pointer("/metadata/deletionTimestamp").is_some() {
+                        continue;
+                    }
+                    let owners: Vec<&str> = object
+                        .pointer("/metadata/ownerReferences")
+                        .and_then(Value::as_array)
+                        .map(|refs| {
+                            refs.iter()
+                                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let orphaned =
+                        !owners.is_empty() && owners.iter().all(|uid| !live_uids.contains(uid));
+                    let homeless = table.info.namespaced
+                        && live_namespaces
+                            .as_ref()
+                            .is_some_and(|live| !live.contains(namespace.as_str()));
+                    if orphaned || homeless {
+                        doomed.push((gvr.clone(), namespace.clone(), name.clone()));
+                    }
+                }
+            }
+            if doomed.is_empty() {
+                return started;
+            }
+            for (gvr, namespace, name) in doomed {
+                if self.delete(&gvr, &namespace, &name, None).is_ok() {
+                    started += 1;
+                }
+            }
+        }
     }
 
     /// The events of a resource after `since`, for a watch resuming there. `Expired` when the
@@ -550,21 +625,28 @@ impl Store {
                 oldest: table.oldest,
             });
         }
-        Ok(table
+        // The history is in resourceVersion order.
+        let start = table
             .history
-            .iter()
-            .filter(|e| e.resource_version > since)
-            .cloned()
-            .collect())
+            .partition_point(|e| e.resource_version <= since);
+        Ok(table.history.range(start..).cloned().collect())
     }
 
-    fn record(&mut self, gvr: &Gvr, kind: EventType, object: Value, resource_version: u64) {
+    fn record(
+        &mut self,
+        gvr: &Gvr,
+        kind: EventType,
+        object: Value,
+        previous: Option<Value>,
+        resource_version: u64,
+    ) {
         let limit = self.history_limit;
         if let Some(table) = self.tables.get_mut(gvr) {
             table.history.push_back(WatchEvent {
                 kind,
                 object,
                 resource_version,
+                previous,
             });
             while table.history.len() > limit {
                 if let Some(dropped) = table.history.pop_front() {
@@ -946,6 +1028,68 @@ mod tests {
         assert_eq!(
             s.list(&cm(), None, &options).unwrap_err(),
             StoreError::BadContinue
+        );
+    }
+
+    #[test]
+    fn garbage_collection_follows_owners_and_namespaces() {
+        let mut s = store(100);
+        let ns = Gvr::new("", "v1", "namespaces");
+        s.register(
+            ns.clone(),
+            ResourceInfo {
+                kind: "Namespace".into(),
+                namespaced: false,
+                status_subresource: false,
+            },
+        );
+        s.create(&ns, "", json!({"metadata": {"name": "a"}}))
+            .unwrap();
+        s.create(&ns, "", json!({"metadata": {"name": "b"}}))
+            .unwrap();
+        let owner = s
+            .create(&cm(), "a", json!({"metadata": {"name": "owner"}}))
+            .unwrap();
+        let uid = owner["metadata"]["uid"].clone();
+        let owned = |name: &str, uids: Vec<Value>| {
+            let refs: Vec<Value> = uids
+                .into_iter()
+                .map(|u| json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": u}))
+                .collect();
+            json!({"metadata": {"name": name, "ownerReferences": refs}})
+        };
+        s.create(&cm(), "a", owned("child", vec![uid.clone()]))
+            .unwrap();
+        let child = s.get(&cm(), "a", "child").unwrap();
+        s.create(
+            &cm(),
+            "a",
+            owned("grandchild", vec![child["metadata"]["uid"].clone()]),
+        )
+        .unwrap();
+        let other = s
+            .create(&cm(), "b", json!({"metadata": {"name": "other"}}))
+            .unwrap();
+        s.create(
+            &cm(),
+            "a",
+            owned("shared", vec![uid, other["metadata"]["uid"].clone()]),
+        )
+        .unwrap();
+        assert_eq!(s.collect_garbage(), 0);
+        s.delete(&cm(), "a", "owner", None).unwrap();
+        assert_eq!(s.collect_garbage(), 2, "child, then grandchild");
+        assert!(s.get(&cm(), "a", "grandchild").is_err());
+        assert!(
+            s.get(&cm(), "a", "shared").is_ok(),
+            "one owner is still there"
+        );
+        s.delete(&ns, "", "b", None).unwrap();
+        s.collect_garbage();
+        assert!(s.get(&cm(), "b", "other").is_err());
+        assert!(
+            s.get(&cm(), "a", "shared").is_err(),
+            "its last owner went with namespace b"
         );
     }
 
