@@ -617,3 +617,93 @@ async fn plain_http_serves_the_same_api() {
     assert_eq!(cms.get("p").await.unwrap().name_any(), "p");
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn rules_give_403_and_token_review_answers_for_issued_tokens() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use mesh_e2e::devcluster::{Rule, User};
+
+    let tokens = [
+        ("admin-token".to_string(), User::admin("admin")),
+        (
+            "reader-token".to_string(),
+            User::restricted(
+                "reader",
+                vec![Rule::new(&["get", "list"], &["configmaps"], &["default"])],
+            ),
+        ),
+    ]
+    .into();
+    let (cluster, admin) = start(DevClusterConfig {
+        tokens,
+        ..Default::default()
+    })
+    .await;
+    assert!(cluster.kubeconfig().contains("admin-token"));
+
+    let reader = client_for(&cluster.kubeconfig().replace("admin-token", "reader-token")).await;
+    let read_cms: Api<ConfigMap> = Api::namespaced(reader.clone(), "default");
+    assert!(read_cms.list(&ListParams::default()).await.is_ok());
+    let (code, reason) = api_code(
+        read_cms
+            .create(&PostParams::default(), &configmap("x", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+    let elsewhere: Api<ConfigMap> = Api::namespaced(reader.clone(), "kube-system");
+    assert_eq!(
+        api_code(elsewhere.list(&ListParams::default()).await.unwrap_err()).0,
+        403
+    );
+
+    // A service-account token, issued through the token subresource, passes TokenReview and
+    // authenticates requests; a made-up one does not.
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
+    let sa = serde_json::from_value(json!({"metadata": {"name": "proxy"}})).unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": ["mesh"]}})).unwrap();
+    let issued = accounts
+        .create_token_request("proxy", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let token = issued.status.unwrap().token;
+
+    let reviews: Api<TokenReview> = Api::all(admin.clone());
+    let review = |token: String| {
+        let reviews = reviews.clone();
+        async move {
+            let review: TokenReview =
+                serde_json::from_value(json!({"spec": {"token": token}})).unwrap();
+            reviews
+                .create(&PostParams::default(), &review)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+        }
+    };
+    let status = review(token.clone()).await;
+    assert_eq!(status.authenticated, Some(true));
+    assert_eq!(
+        status.user.unwrap().username.as_deref(),
+        Some("system:serviceaccount:default:proxy")
+    );
+    assert_eq!(review("made-up".into()).await.authenticated, Some(false));
+    let as_sa = client_for(&cluster.kubeconfig().replace("admin-token", &token)).await;
+    let sa_cms: Api<ConfigMap> = Api::namespaced(as_sa.clone(), "default");
+    assert!(sa_cms.list(&ListParams::default()).await.is_ok());
+
+    // Deleting the account revokes its tokens.
+    accounts
+        .delete("proxy", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(review(token).await.authenticated, Some(false));
+    assert_eq!(
+        api_code(sa_cms.list(&ListParams::default()).await.unwrap_err()).0,
+        401
+    );
+}

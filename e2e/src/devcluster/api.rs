@@ -13,6 +13,7 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+use super::auth::{ServiceAccountToken, Tokens, User, random_token};
 use super::patch;
 use super::resources;
 use super::selector::{FieldSelector, LabelSelector};
@@ -29,7 +30,7 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub struct Cluster {
     store: Mutex<Store>,
     changed: watch::Sender<u64>,
-    tokens: HashMap<String, String>,
+    tokens: Mutex<Tokens>,
     bookmark_interval: Duration,
     server_address: Mutex<String>,
 }
@@ -37,8 +38,9 @@ pub struct Cluster {
 /// The tunables of a [`Cluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// Bearer token -> user name. Requests without one of these tokens get 401.
-    pub tokens: HashMap<String, String>,
+    /// Bearer token -> user. Requests without a known token get 401; requests the user's rules
+    /// do not allow get 403.
+    pub tokens: HashMap<String, User>,
     /// Watch events kept per resource; a watch resuming from further back gets 410 Expired.
     pub history_limit: usize,
     /// How often a watch that asked for bookmarks gets one.
@@ -190,7 +192,10 @@ impl Cluster {
         Arc::new(Self {
             store: Mutex::new(store),
             changed,
-            tokens: config.tokens,
+            tokens: Mutex::new(Tokens {
+                users: config.tokens,
+                service_accounts: HashMap::new(),
+            }),
             bookmark_interval: config.bookmark_interval,
             server_address: Mutex::new(String::new()),
         })
@@ -241,9 +246,10 @@ impl Cluster {
                 r
             };
         }
-        if let Err(e) = self.authenticate(&parts.headers) {
-            return json_response(e.code, &e.status());
-        }
+        let user = match self.authenticate(&parts.headers) {
+            Ok(user) => user,
+            Err(e) => return json_response(e.code, &e.status()),
+        };
         let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
@@ -266,30 +272,141 @@ impl Cluster {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_string();
-        match self.route(&parts.method, &path, &query, &content_type, body) {
+        match self.route(&user, &parts.method, &path, &query, &content_type, body) {
             Ok(response) => response,
             Err(e) => json_response(e.code, &e.status()),
         }
     }
 
-    fn authenticate(&self, headers: &http::HeaderMap) -> Result<String, ApiError> {
+    fn authenticate(&self, headers: &http::HeaderMap) -> Result<User, ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match token.and_then(|t| self.tokens.get(t)) {
-            Some(user) => Ok(user.clone()),
-            None => Err(ApiError::new(
+            .map(str::trim)
+            .unwrap_or_default();
+        self.review(token).ok_or_else(|| {
+            ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",
                 "Unauthorized: a valid bearer token is required",
-            )),
+            )
+        })
+    }
+
+    /// The user a token authenticates as: a configured token, or a service-account token this
+    /// cluster issued whose service account still exists (same uid).
+    pub fn review(&self, token: &str) -> Option<User> {
+        if token.is_empty() {
+            return None;
         }
+        let sa = {
+            let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(user) = tokens.users.get(token) {
+                return Some(user.clone());
+            }
+            tokens.service_accounts.get(token).cloned()?
+        };
+        let account = self
+            .store()
+            .get(
+                &Gvr::new("", "v1", "serviceaccounts"),
+                &sa.namespace,
+                &sa.name,
+            )
+            .ok()?;
+        (account.pointer("/metadata/uid").and_then(Value::as_str) == Some(sa.uid.as_str()))
+            .then(|| sa.user())
+    }
+
+    /// Issues a bearer token for a service account (which must exist), as the
+    /// `serviceaccounts/<name>/token` subresource does. The token is valid until the account is
+    /// deleted.
+    pub fn issue_service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, StoreError> {
+        let account = self
+            .store()
+            .get(&Gvr::new("", "v1", "serviceaccounts"), namespace, name)?;
+        let uid = account
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let token = random_token();
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .service_accounts
+            .insert(
+                token.clone(),
+                ServiceAccountToken {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    uid,
+                },
+            );
+        Ok(token)
+    }
+
+    fn token_review(&self, body: &Bytes) -> Result<Response<Body>, ApiError> {
+        let review = parse_json(body)?;
+        let token = review
+            .pointer("/spec/token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "spec.token: Required value",
+                )
+            })?;
+        let status = match self.review(token) {
+            Some(user) => json!({"authenticated": true,
+                "user": {"username": user.name, "groups": user.groups},
+                "audiences": review.pointer("/spec/audiences").cloned().unwrap_or_else(|| json!([]))}),
+            None => {
+                json!({"authenticated": false, "error": "the token is not valid for this cluster"})
+            }
+        };
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"creationTimestamp": null}, "spec": review.get("spec"), "status": status}),
+        ))
+    }
+
+    fn authorize(
+        &self,
+        user: &User,
+        verb: &str,
+        resource: &str,
+        group: &str,
+        namespace: &str,
+    ) -> Result<(), ApiError> {
+        if user.allows(verb, resource, namespace) {
+            return Ok(());
+        }
+        let scope = if namespace.is_empty() {
+            "at the cluster scope".to_string()
+        } else {
+            format!("in the namespace {namespace:?}")
+        };
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{resource} is forbidden: User {:?} cannot {verb} resource {resource:?} in API group {group:?} {scope}",
+                user.name
+            ),
+        ))
     }
 
     fn route(
         self: &Arc<Self>,
+        user: &User,
         method: &Method,
         path: &str,
         query: &HashMap<String, String>,
@@ -344,8 +461,59 @@ impl Cluster {
                 ))),
             };
         }
+        if (group, version, rest) == ("authentication.k8s.io", "v1", &["tokenreviews"][..]) {
+            if method != Method::POST {
+                return Err(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "tokenreviews only support create (POST)",
+                ));
+            }
+            self.authorize(user, "create", "tokenreviews", group, "")?;
+            return self.token_review(&body);
+        }
         let target = self.target(group, version, rest, path)?;
         let namespace = target.namespace.clone().unwrap_or_default();
+        let verb = match (method, &target.name) {
+            (&Method::GET, None) => {
+                if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+                    "watch"
+                } else {
+                    "list"
+                }
+            }
+            (&Method::GET, Some(_)) => "get",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, Some(_)) => "delete",
+            (&Method::DELETE, None) => "deletecollection",
+            _ => "",
+        };
+        let resource = match &target.subresource {
+            Some(sub) => format!("{}/{sub}", target.gvr.resource),
+            None => target.gvr.resource.clone(),
+        };
+        self.authorize(user, verb, &resource, group, &namespace)?;
+        if target.subresource.as_deref() == Some("token") {
+            return match (method, &target.name) {
+                (&Method::POST, Some(name)) => {
+                    let token = self.issue_service_account_token(&namespace, name)?;
+                    Ok(json_response(
+                        StatusCode::CREATED,
+                        &json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                            "metadata": {"name": name, "namespace": namespace},
+                            "spec": parse_json_or_empty(&body)?.get("spec").cloned().unwrap_or_else(|| json!({})),
+                            "status": {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}}),
+                    ))
+                }
+                _ => Err(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "serviceaccounts/token only supports create (POST)",
+                )),
+            };
+        }
         match (method, &target.name) {
             (&Method::GET, None) => {
                 let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
@@ -528,6 +696,7 @@ impl Cluster {
         }
         match subresource.as_deref() {
             None | Some("status") => {}
+            Some("token") if gvr == Gvr::new("", "v1", "serviceaccounts") => {}
             Some(other) => {
                 return Err(ApiError::not_found(format!(
                     "the server does not serve the subresource {other:?} of {resource}"

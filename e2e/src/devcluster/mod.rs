@@ -6,10 +6,12 @@
 //! - [`selector`]: label and field selectors.
 //! - [`patch`]: merge patch and JSON patch.
 //! - [`resources`]: the built-in resources, CRD registration and discovery documents.
+//! - [`auth`]: users, rules, service-account tokens.
 //! - [`api`]: the REST API over the store, one request at a time.
 //! - [`server`]: HTTPS with the cluster's own CA, and the kubeconfig.
 
 pub mod api;
+pub mod auth;
 pub mod patch;
 pub mod resources;
 pub mod selector;
@@ -17,4 +19,5 @@ pub mod server;
 pub mod store;
 
 pub use api::{Cluster, ClusterConfig};
+pub use auth::{Rule, User};
 pub use server::{DevCluster, DevClusterConfig, StartError, serve};

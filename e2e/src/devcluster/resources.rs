@@ -100,6 +100,9 @@ pub fn crd_status(crd: &Value) -> Value {
     })
 }
 
+/// The group and version of TokenReview.
+const TOKEN_REVIEW_GV: (&str, &str) = ("authentication.k8s.io", "v1");
+
 const VERBS: &[&str] = &[
     "create",
     "delete",
@@ -117,6 +120,13 @@ pub fn resource_list(store: &Store, group: &str, version: &str) -> Option<Value>
         .resources()
         .filter(|(g, _)| g.group == group && g.version == version)
         .collect();
+    if (group, version) == TOKEN_REVIEW_GV {
+        // TokenReview is not stored: it is answered, never listed.
+        return Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": "authentication.k8s.io/v1", "resources": [{
+                "name": "tokenreviews", "singularName": "tokenreview", "namespaced": false,
+                "kind": "TokenReview", "verbs": ["create"]}]}));
+    }
     if resources.is_empty() {
         return None;
     }
@@ -128,6 +138,12 @@ pub fn resource_list(store: &Store, group: &str, version: &str) -> Option<Value>
             "name": gvr.resource, "singularName": singular, "namespaced": info.namespaced,
             "kind": info.kind, "verbs": VERBS,
         }));
+        if gvr.resource == "serviceaccounts" && gvr.group.is_empty() {
+            list.push(json!({
+                "name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"],
+            }));
+        }
         if info.status_subresource {
             list.push(json!({
                 "name": format!("{}/status", gvr.resource), "singularName": "", "namespaced": info.namespaced,
@@ -144,6 +160,7 @@ pub fn resource_list(store: &Store, group: &str, version: &str) -> Option<Value>
 /// The `APIGroup` documents of every non-core group, sorted by name.
 pub fn groups(store: &Store) -> Vec<Value> {
     let mut by_group: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    by_group.insert(TOKEN_REVIEW_GV.0, vec![TOKEN_REVIEW_GV.1]);
     for (gvr, _) in store.resources() {
         if !gvr.group.is_empty() {
             let versions = by_group.entry(&gvr.group).or_default();

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::api::{Cluster, ClusterConfig};
+use super::auth::{User, random_token};
 
 /// Why the dev cluster could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +54,9 @@ pub struct DevClusterConfig {
     pub listen: SocketAddr,
     /// Serve HTTPS (the default) or plain HTTP.
     pub tls: bool,
-    /// Users: bearer token -> user name. When empty, one `admin` user with a random token.
-    pub tokens: HashMap<String, String>,
+    /// Users: bearer token -> user. When empty, one unrestricted `admin` user with a random
+    /// token.
+    pub tokens: HashMap<String, User>,
     /// Watch events kept per resource before a resuming watch gets 410 Expired.
     pub history_limit: usize,
     /// How often watches that asked for bookmarks get one.
@@ -91,14 +93,13 @@ impl DevCluster {
     pub async fn start(config: DevClusterConfig) -> Result<Self, StartError> {
         let mut tokens = config.tokens.clone();
         if tokens.is_empty() {
-            let token: [u8; 24] = rand::random();
-            let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
-            tokens.insert(token, "admin".into());
+            tokens.insert(random_token(), User::admin("admin"));
         }
+        // The kubeconfig's user: an unrestricted one if there is one, else the first by name.
         let (admin_token, admin_user) = tokens
             .iter()
-            .min_by(|a, b| (a.1 != "admin", a.1).cmp(&(b.1 != "admin", b.1)))
-            .map(|(t, u)| (t.clone(), u.clone()))
+            .min_by(|a, b| (a.1.rules.is_some(), &a.1.name).cmp(&(b.1.rules.is_some(), &b.1.name)))
+            .map(|(t, u)| (t.clone(), u.name.clone()))
             .unwrap_or_default();
         let listener =
             TcpListener::bind(config.listen)
