@@ -707,3 +707,98 @@ async fn rules_give_403_and_token_review_answers_for_issued_tokens() {
         401
     );
 }
+
+#[tokio::test]
+async fn endpoints_controller_follows_pod_readiness() {
+    use k8s_openapi::api::core::v1::{Endpoints, Pod};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    let (_cluster, client) = start(DevClusterConfig {
+        endpoints_controller: true,
+        ..Default::default()
+    })
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let svc = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &svc).await.unwrap();
+    for (name, ip) in [("web-1", "10.1.0.1"), ("web-2", "10.1.0.2")] {
+        let pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "image": "app"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"podIP": ip,
+                "conditions": [{"type": "Ready", "status": "True"}]}})),
+        )
+        .await
+        .unwrap();
+    }
+    let ready_ips = || async {
+        let e = endpoints.get_opt("web").await.unwrap();
+        e.and_then(|e| e.subsets)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| s.addresses.clone().unwrap_or_default())
+            .map(|a| a.ip)
+            .collect::<BTreeSet<_>>()
+    };
+    let wait_for = |want: Vec<&'static str>| async move {
+        let want: BTreeSet<String> = want.into_iter().map(String::from).collect();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = ready_ips().await;
+            if got == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "endpoints {got:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_for(vec!["10.1.0.1", "10.1.0.2"]).await;
+    let slice = slices.get("web").await.unwrap();
+    assert_eq!(slice.endpoints.len(), 2);
+    assert_eq!(slice.ports.unwrap()[0].port, Some(8080));
+
+    // Not ready, then killed.
+    pods.patch_status(
+        "web-1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})),
+    )
+    .await
+    .unwrap();
+    wait_for(vec!["10.1.0.2"]).await;
+    pods.delete("web-2", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(vec![]).await;
+
+    // The Service's Endpoints and slices go with it.
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(endpoints.get_opt("web").await.unwrap().is_none());
+    assert!(
+        slices
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}

@@ -218,6 +218,28 @@ impl Cluster {
         self.changed.send_replace(revision);
     }
 
+    /// Runs the endpoints controller (see [`super::endpoints`]) until `shutdown` turns true:
+    /// after every change, Endpoints and EndpointSlices are brought in line with the pods.
+    pub async fn run_endpoints_controller(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut changed = self.changed.subscribe();
+        loop {
+            let written = {
+                let mut store = self.store();
+                super::endpoints::reconcile(&mut store).then(|| {
+                    store.collect_garbage();
+                    store.revision()
+                })
+            };
+            if let Some(revision) = written {
+                self.notify(revision);
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
     /// Answers one HTTP request.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let (parts, body) = request.into_parts();

@@ -4,6 +4,7 @@
 //! - [`store`]: objects, resourceVersions, generations, finalizers and the watch history, as
 //!   plain data.
 //! - [`selector`]: label and field selectors.
+//! - [`endpoints`]: the optional endpoints controller.
 //! - [`patch`]: merge patch and JSON patch.
 //! - [`resources`]: the built-in resources, CRD registration and discovery documents.
 //! - [`auth`]: users, rules, service-account tokens.
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod endpoints;
 pub mod patch;
 pub mod resources;
 pub mod selector;

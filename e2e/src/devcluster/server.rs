@@ -61,6 +61,9 @@ pub struct DevClusterConfig {
     pub history_limit: usize,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// Run the endpoints controller, which keeps Endpoints and EndpointSlices of Services with
+    /// a selector in step with their ready Pods.
+    pub endpoints_controller: bool,
 }
 
 impl Default for DevClusterConfig {
@@ -72,6 +75,7 @@ impl Default for DevClusterConfig {
             tokens: HashMap::new(),
             history_limit: 1000,
             bookmark_interval: Duration::from_secs(5),
+            endpoints_controller: false,
         }
     }
 }
@@ -85,7 +89,7 @@ pub struct DevCluster {
     admin_token: String,
     cluster: Arc<Cluster>,
     shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl DevCluster {
@@ -140,7 +144,17 @@ impl DevCluster {
             &admin_token,
         )?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, acceptor, Arc::clone(&cluster), shutdown_rx));
+        let mut tasks = vec![tokio::spawn(serve(
+            listener,
+            acceptor,
+            Arc::clone(&cluster),
+            shutdown_rx.clone(),
+        ))];
+        if config.endpoints_controller {
+            tasks.push(tokio::spawn(
+                Arc::clone(&cluster).run_endpoints_controller(shutdown_rx),
+            ));
+        }
         Ok(Self {
             address,
             kubeconfig,
@@ -148,7 +162,7 @@ impl DevCluster {
             admin_token,
             cluster,
             shutdown,
-            task: Some(task),
+            tasks,
         })
     }
 
@@ -180,7 +194,7 @@ impl DevCluster {
     /// Stops accepting, closes connections and waits for the server task.
     pub async fn shutdown(mut self) {
         self.shutdown.send_replace(true);
-        if let Some(task) = self.task.take() {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
     }
@@ -189,7 +203,7 @@ impl DevCluster {
 impl Drop for DevCluster {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
-        if let Some(task) = self.task.take() {
+        for task in &self.tasks {
             task.abort();
         }
     }
