@@ -615,7 +615,7 @@ async fn plain_http_serves_the_same_api() {
         .await
         .unwrap();
     assert_eq!(cms.get("p").await.unwrap().name_any(), "p");
-    cluster.shutdown().await;
+    cluster.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -801,4 +801,93 @@ async fn endpoints_controller_follows_pod_readiness() {
             .items
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn snapshot_survives_a_restart_and_the_watcher_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("cluster.json");
+    let config = DevClusterConfig {
+        snapshot: Some(snapshot.clone()),
+        ..Default::default()
+    };
+    let (first, client) = start(config.clone()).await;
+    let address = first.address();
+    let kubeconfig = first.kubeconfig().to_string();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &Link::crd())
+        .await
+        .unwrap();
+
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let stream = reflector(writer, watcher(cms.clone(), watcher::Config::default()))
+        .default_backoff()
+        .applied_objects();
+    let driver = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    let names = |reader: &reflector::Store<ConfigMap>| {
+        reader
+            .state()
+            .iter()
+            .map(|c| c.name_any())
+            .collect::<BTreeSet<_>>()
+    };
+    let converge = |want: &'static [&'static str]| {
+        let reader = reader.clone();
+        async move {
+            let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while names(&reader) != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "reflector never reached {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let a = cms
+        .create(&PostParams::default(), &configmap("a", json!({})))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &configmap("b", json!({})))
+        .await
+        .unwrap();
+    converge(&["a", "b"]).await;
+
+    first.shutdown().await.unwrap();
+    let second = DevCluster::start(DevClusterConfig {
+        listen: address,
+        ..config
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        second.kubeconfig(),
+        kubeconfig,
+        "same CA, token and address"
+    );
+
+    // The same client reaches the restarted cluster; objects kept their identity; the CRD's
+    // resource is served again.
+    assert_eq!(cms.get("a").await.unwrap().metadata.uid, a.metadata.uid);
+    let links: Api<Link> = Api::namespaced(client.clone(), "default");
+    assert!(
+        links
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    cms.create(&PostParams::default(), &configmap("c", json!({})))
+        .await
+        .unwrap();
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+    converge(&["b", "c"]).await;
+    driver.abort();
+    second.shutdown().await.unwrap();
 }

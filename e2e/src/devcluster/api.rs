@@ -218,6 +218,73 @@ impl Cluster {
         self.changed.send_replace(revision);
     }
 
+    /// The cluster's objects and issued service-account tokens, as JSON (for a snapshot file).
+    pub fn export(&self) -> Value {
+        let store = self.store().export();
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let accounts: Vec<Value> = tokens
+            .service_accounts
+            .iter()
+            .map(|(token, sa)| json!({"token": token, "namespace": sa.namespace, "name": sa.name, "uid": sa.uid}))
+            .collect();
+        json!({"store": store, "serviceAccountTokens": accounts})
+    }
+
+    /// Loads what [`Cluster::export`] wrote: CRDs first (so their resources are served), then
+    /// every object, then the service-account tokens. Returns how many objects were skipped
+    /// because their resource is unknown.
+    pub fn import(&self, exported: &Value) -> Result<usize, StoreError> {
+        let store_export = exported
+            .get("store")
+            .ok_or_else(|| StoreError::Invalid("snapshot: missing store".into()))?;
+        let crd = resources::crd_gvr();
+        let skipped = {
+            let mut store = self.store();
+            for entry in store_export
+                .get("objects")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let is_crd = entry.get("group").and_then(Value::as_str) == Some(&crd.group)
+                    && entry.get("resource").and_then(Value::as_str) == Some(&crd.resource);
+                if let Some(object) = entry.get("object").filter(|_| is_crd) {
+                    for (gvr, info) in resources::crd_resources(object) {
+                        store.register(gvr, info);
+                    }
+                }
+            }
+            let skipped = store.import(store_export)?;
+            let revision = store.revision();
+            drop(store);
+            self.notify(revision);
+            skipped
+        };
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        for sa in exported
+            .get("serviceAccountTokens")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let field = |f: &str| {
+                sa.get(f)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            tokens.service_accounts.insert(
+                field("token"),
+                ServiceAccountToken {
+                    namespace: field("namespace"),
+                    name: field("name"),
+                    uid: field("uid"),
+                },
+            );
+        }
+        Ok(skipped)
+    }
+
     /// Runs the endpoints controller (see [`super::endpoints`]) until `shutdown` turns true:
     /// after every change, Endpoints and EndpointSlices are brought in line with the pods.
     pub async fn run_endpoints_controller(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,14 @@ pub enum StartError {
     /// The TLS configuration was refused.
     #[error("building the TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The snapshot file could not be read or is not one this server wrote.
+    #[error("loading the snapshot {path}: {reason}; delete it to start empty")]
+    Snapshot {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The kubeconfig could not be rendered.
     #[error("rendering the kubeconfig: {0}")]
     Kubeconfig(#[from] serde_yaml::Error),
@@ -64,6 +73,10 @@ pub struct DevClusterConfig {
     /// Run the endpoints controller, which keeps Endpoints and EndpointSlices of Services with
     /// a selector in step with their ready Pods.
     pub endpoints_controller: bool,
+    /// A snapshot file: loaded on start when it exists, written on shutdown. It keeps the
+    /// objects, issued service-account tokens, the CA and the generated admin token, so a
+    /// restarted cluster on the same address works with the same kubeconfig.
+    pub snapshot: Option<PathBuf>,
 }
 
 impl Default for DevClusterConfig {
@@ -76,6 +89,7 @@ impl Default for DevClusterConfig {
             history_limit: 1000,
             bookmark_interval: Duration::from_secs(5),
             endpoints_controller: false,
+            snapshot: None,
         }
     }
 }
@@ -86,7 +100,9 @@ pub struct DevCluster {
     address: SocketAddr,
     kubeconfig: String,
     ca_pem: Option<String>,
+    ca_key_pem: Option<String>,
     admin_token: String,
+    snapshot: Option<PathBuf>,
     cluster: Arc<Cluster>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -95,9 +111,21 @@ pub struct DevCluster {
 impl DevCluster {
     /// Binds, generates the CA and serving certificate, and starts serving in the background.
     pub async fn start(config: DevClusterConfig) -> Result<Self, StartError> {
+        let saved = match &config.snapshot {
+            Some(path) => load_snapshot(path)?,
+            None => None,
+        };
+        let saved_text = |field: &str| {
+            saved
+                .as_ref()
+                .and_then(|s| s.get(field))
+                .and_then(serde_json::Value::as_str)
+                .map(String::from)
+        };
         let mut tokens = config.tokens.clone();
         if tokens.is_empty() {
-            tokens.insert(random_token(), User::admin("admin"));
+            let token = saved_text("adminToken").unwrap_or_else(random_token);
+            tokens.insert(token, User::admin("admin"));
         }
         // The kubeconfig's user: an unrestricted one if there is one, else the first by name.
         let (admin_token, admin_user) = tokens
@@ -116,12 +144,14 @@ impl DevCluster {
             address: config.listen,
             source,
         })?;
-        let (acceptor, ca_pem) = if config.tls {
-            let (acceptor, ca_pem) = tls_acceptor(address)?;
-            (Some(acceptor), Some(ca_pem))
+        let (acceptor, ca) = if config.tls {
+            let saved_ca = saved_text("caCert").zip(saved_text("caKey"));
+            let (acceptor, ca) = tls_acceptor(address, saved_ca)?;
+            (Some(acceptor), Some(ca))
         } else {
             (None, None)
         };
+        let (ca_pem, ca_key_pem) = ca.unzip();
         let scheme = if config.tls { "https" } else { "http" };
         // A wildcard listen address is reached through loopback.
         let reachable = if address.ip().is_unspecified() {
@@ -136,6 +166,17 @@ impl DevCluster {
             bookmark_interval: config.bookmark_interval,
         });
         cluster.set_server_address(address.to_string());
+        if let (Some(saved), Some(path)) = (&saved, &config.snapshot) {
+            let skipped = cluster
+                .import(saved.get("cluster").unwrap_or(&serde_json::Value::Null))
+                .map_err(|e| StartError::Snapshot {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            if skipped > 0 {
+                tracing::warn!(skipped, path = %path.display(), "snapshot objects of unknown resources skipped");
+            }
+        }
         let kubeconfig = kubeconfig(
             &config.name,
             &server,
@@ -159,7 +200,9 @@ impl DevCluster {
             address,
             kubeconfig,
             ca_pem,
+            ca_key_pem,
             admin_token,
+            snapshot: config.snapshot.clone(),
             cluster,
             shutdown,
             tasks,
@@ -191,12 +234,34 @@ impl DevCluster {
         &self.cluster
     }
 
-    /// Stops accepting, closes connections and waits for the server task.
-    pub async fn shutdown(mut self) {
+    /// Writes the snapshot file now (a no-op without one). The write goes to a temporary file
+    /// renamed over the old one, so a crash never leaves half a snapshot.
+    pub fn save_snapshot(&self) -> std::io::Result<()> {
+        let Some(path) = &self.snapshot else {
+            return Ok(());
+        };
+        let snapshot = json!({
+            "cluster": self.cluster.export(),
+            "caCert": self.ca_pem,
+            "caKey": self.ca_key_pem,
+            "adminToken": self.admin_token,
+        });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, snapshot.to_string())?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Stops accepting, closes connections, waits for the server's tasks and writes the
+    /// snapshot file if there is one.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
         self.shutdown.send_replace(true);
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
+        let saved = self.save_snapshot();
+        // Already saved: Drop must not write again.
+        self.snapshot = None;
+        saved
     }
 }
 
@@ -205,6 +270,9 @@ impl Drop for DevCluster {
         self.shutdown.send_replace(true);
         for task in &self.tasks {
             task.abort();
+        }
+        if let Err(e) = self.save_snapshot() {
+            tracing::warn!(error = %e, "writing the dev cluster snapshot failed");
         }
     }
 }
@@ -274,7 +342,46 @@ pub async fn serve(
 }
 
 /// A fresh CA and a serving certificate for localhost and the listen address.
-fn tls_acceptor(address: SocketAddr) -> Result<(tokio_rustls::TlsAcceptor, String), StartError> {
+fn load_snapshot(path: &Path) -> Result<Option<serde_json::Value>, StartError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StartError::Snapshot {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StartError::Snapshot {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// The serving TLS config, with a fresh CA or the saved one (cert PEM, key PEM), and the CA's
+/// (cert PEM, key PEM).
+fn tls_acceptor(
+    address: SocketAddr,
+    saved_ca: Option<(String, String)>,
+) -> Result<(tokio_rustls::TlsAcceptor, (String, String)), StartError> {
+    let (ca_pem, issuer) = match saved_ca {
+        Some((cert, key)) => {
+            let key = KeyPair::from_pem(&key)?;
+            let issuer = Issuer::from_ca_cert_pem(&cert, key)?;
+            (cert, issuer)
+        }
+        None => fresh_ca()?,
+    };
+    let ca_key_pem = issuer.key().serialize_pem();
+    let acceptor = serving_config(address, &issuer)?;
+    Ok((acceptor, (ca_pem, ca_key_pem)))
+}
+
+/// A new self-signed CA: its certificate PEM and its issuer.
+fn fresh_ca() -> Result<(String, Issuer<'static, KeyPair>), StartError> {
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut ca_params = CertificateParams::default();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -283,9 +390,13 @@ fn tls_acceptor(address: SocketAddr) -> Result<(tokio_rustls::TlsAcceptor, Strin
     dn.push(DnType::CommonName, "mesh dev cluster CA");
     ca_params.distinguished_name = dn;
     let ca_cert = ca_params.self_signed(&ca_key)?;
-    let ca_pem = ca_cert.pem();
-    let issuer = Issuer::new(ca_params, ca_key);
+    Ok((ca_cert.pem(), Issuer::new(ca_params, ca_key)))
+}
 
+fn serving_config(
+    address: SocketAddr,
+    issuer: &Issuer<'static, KeyPair>,
+) -> Result<tokio_rustls::TlsAcceptor, StartError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
     params
@@ -299,7 +410,7 @@ fn tls_acceptor(address: SocketAddr) -> Result<(tokio_rustls::TlsAcceptor, Strin
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "mesh-devcluster");
     params.distinguished_name = dn;
-    let cert = params.signed_by(&key, &issuer)?;
+    let cert = params.signed_by(&key, issuer)?;
     let chain = vec![CertificateDer::from(cert.der().to_vec())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let mut config =
@@ -308,7 +419,7 @@ fn tls_acceptor(address: SocketAddr) -> Result<(tokio_rustls::TlsAcceptor, Strin
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca_pem))
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn kubeconfig(
