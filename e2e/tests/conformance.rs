@@ -575,30 +575,68 @@ async fn filtered_watch_reports_objects_leaving_and_entering_the_selection() {
 }
 
 #[tokio::test]
-async fn server_side_apply_creates_then_updates() {
+async fn server_side_apply_tracks_field_managers() {
     let (_cluster, client) = start(DevClusterConfig::default()).await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
-    let params = PatchParams::apply("mesh-test").force();
-    let applied = cms
-        .patch(
-            "applied",
-            &params,
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "applied"}, "data": {"a": "1"}})),
-        )
+    let apply = |manager: &'static str, force: bool, data: serde_json::Value| {
+        let cms = cms.clone();
+        async move {
+            let mut params = PatchParams::apply(manager);
+            params.force = force;
+            cms.patch(
+                "applied",
+                &params,
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "applied"}, "data": data})),
+            )
+            .await
+        }
+    };
+    let data = |cm: ConfigMap| cm.data.unwrap_or_default().into_iter().collect::<Vec<_>>();
+
+    let created = apply("one", false, json!({"a": "1", "b": "2"}))
         .await
         .unwrap();
-    assert_eq!(applied.data.as_ref().unwrap()["a"], "1");
-    let applied = cms
+    assert_eq!(data(created.clone()).len(), 2);
+    let managers: Vec<_> = created
+        .metadata
+        .managed_fields
+        .unwrap()
+        .iter()
+        .map(|m| (m.manager.clone(), m.operation.clone()))
+        .collect();
+    assert_eq!(managers, [(Some("one".into()), Some("Apply".into()))]);
+
+    // Re-applying without `b` removes it.
+    let trimmed = apply("one", false, json!({"a": "1"})).await.unwrap();
+    assert_eq!(data(trimmed), [("a".to_string(), "1".to_string())]);
+
+    // Another manager changing `a` conflicts, unless it forces.
+    let (code, reason) = api_code(apply("two", false, json!({"a": "x"})).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    let forced = apply("two", true, json!({"a": "x"})).await.unwrap();
+    assert_eq!(data(forced), [("a".to_string(), "x".to_string())]);
+    // `one` no longer owns `a`; dropping it from its configuration leaves `two`'s value.
+    let after = apply("one", false, json!({"c": "3"})).await.unwrap();
+    assert_eq!(
+        data(after),
+        [
+            ("a".to_string(), "x".to_string()),
+            ("c".to_string(), "3".to_string())
+        ]
+    );
+
+    // Apply without a field manager is refused.
+    let raw = cms
         .patch(
             "applied",
-            &params,
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "applied"}, "data": {"a": "2"}})),
+            &PatchParams::default(),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}}),
+            ),
         )
-        .await
-        .unwrap();
-    assert_eq!(applied.data.as_ref().unwrap()["a"], "2");
+        .await;
+    assert_eq!(api_code(raw.unwrap_err()).0, 400);
 }
 
 #[tokio::test]

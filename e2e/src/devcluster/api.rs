@@ -13,11 +13,12 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+use super::apply;
 use super::auth::{ServiceAccountToken, Tokens, User, random_token};
 use super::patch;
 use super::resources;
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{EventType, Gvr, ListOptions, Store, StoreError, WatchEvent};
+use super::store::{EventType, Gvr, ListOptions, Store, StoreError, WatchEvent, now_rfc3339};
 
 /// The response body type of the server.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -634,13 +635,29 @@ impl Cluster {
                 self.write(&target, name, object)
             }
             (&Method::PATCH, Some(name)) => {
+                let applying = content_type.starts_with("application/apply-patch");
+                let apply_options = if applying {
+                    let manager = query
+                        .get("fieldManager")
+                        .filter(|m| !m.is_empty())
+                        .ok_or_else(|| {
+                            ApiError::bad_request(
+                                "fieldManager is required for apply requests (application/apply-patch+yaml)",
+                            )
+                        })?
+                        .clone();
+                    let force = matches!(query.get("force").map(String::as_str), Some("true"));
+                    Some((manager, force))
+                } else {
+                    None
+                };
                 let current = self.store().get(&target.gvr, &namespace, name);
-                let mut object = match (current, content_type) {
+                let mut object = match (current, &apply_options) {
                     (Ok(object), _) => object,
-                    (Err(StoreError::NotFound { .. }), ct)
-                        if ct.starts_with("application/apply-patch") =>
+                    (Err(StoreError::NotFound { .. }), Some((manager, force)))
+                        if target.subresource.is_none() =>
                     {
-                        return self.apply_create(&target, name, &body);
+                        return self.apply_create(&target, name, &body, manager, *force);
                     }
                     (Err(e), _) => return Err(e.into()),
                 };
@@ -659,7 +676,16 @@ impl Cluster {
                         })?;
                     }
                     "application/apply-patch+yaml" => {
-                        patch::merge_patch(&mut object, &parse_yaml(&body)?);
+                        let (manager, force) = apply_options.unwrap_or_default();
+                        object = apply::apply(
+                            &object,
+                            &parse_yaml(&body)?,
+                            &manager,
+                            force,
+                            &target.gvr.api_version(),
+                            &now_rfc3339(),
+                        )
+                        .map_err(apply_error)?;
                     }
                     other => {
                         return Err(ApiError::new(
@@ -860,14 +886,24 @@ impl Cluster {
         Ok(json_response(StatusCode::OK, &written))
     }
 
-    /// Server-side apply of an object that does not exist yet: a create.
+    /// Server-side apply of an object that does not exist yet: a create owned by `manager`.
     fn apply_create(
         &self,
         target: &Target,
         name: &str,
         body: &Bytes,
+        manager: &str,
+        force: bool,
     ) -> Result<Response<Body>, ApiError> {
-        let mut object = parse_yaml(body)?;
+        let mut object = apply::apply(
+            &json!({"metadata": {}}),
+            &parse_yaml(body)?,
+            manager,
+            force,
+            &target.gvr.api_version(),
+            &now_rfc3339(),
+        )
+        .map_err(apply_error)?;
         if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("name".into(), json!(name));
         }
@@ -1077,6 +1113,15 @@ fn list_options(query: &HashMap<String, String>) -> Result<ListOptions, ApiError
         limit,
         continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
     })
+}
+
+fn apply_error(e: apply::ApplyError) -> ApiError {
+    match e {
+        apply::ApplyError::Conflicts(_) => {
+            ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
+        }
+        _ => ApiError::bad_request(e.to_string()),
+    }
 }
 
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {

@@ -7,11 +7,13 @@
 //! - [`endpoints`]: the optional endpoints controller.
 //! - [`patch`]: merge patch and JSON patch.
 //! - [`resources`]: the built-in resources, CRD registration and discovery documents.
+//! - [`apply`]: server-side apply and managed fields.
 //! - [`auth`]: users, rules, service-account tokens.
 //! - [`api`]: the REST API over the store, one request at a time.
 //! - [`server`]: HTTPS with the cluster's own CA, and the kubeconfig.
 
 pub mod api;
+pub mod apply;
 pub mod auth;
 pub mod endpoints;
 pub mod patch;

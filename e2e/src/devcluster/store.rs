@@ -458,6 +458,12 @@ impl Store {
                     None => meta.remove(field),
                 };
             }
+            // As on a real server: a write that omits managedFields keeps them.
+            if !meta.contains_key("managedFields")
+                && let Some(managed) = old_meta.get("managedFields")
+            {
+                meta.insert("managedFields".into(), managed.clone());
+            }
             meta.insert("name".into(), json!(name));
             if table.info.namespaced {
                 meta.insert("namespace".into(), json!(namespace));
