@@ -929,3 +929,89 @@ async fn snapshot_survives_a_restart_and_the_watcher_converges() {
     driver.abort();
     second.shutdown().await.unwrap();
 }
+
+/// kubectl, when one is installed: get, create, apply (client- and server-side) and delete.
+#[tokio::test]
+async fn kubectl_gets_and_applies() {
+    let Ok(version) = std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+    else {
+        println!("skipped: no kubectl binary on PATH");
+        return;
+    };
+    if !version.status.success() {
+        println!("skipped: `kubectl version --client` failed");
+        return;
+    }
+    let cluster = DevCluster::start(DevClusterConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, cluster.kubeconfig()).unwrap();
+    let manifest = dir.path().join("cm.yaml");
+    let kubectl = |args: Vec<String>| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let output = tokio::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            assert!(output.status.success(), "kubectl {args:?} failed: {stderr}");
+            stdout
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let namespaces = kubectl(args(&["get", "namespaces", "-o", "name"])).await;
+    assert!(namespaces.contains("namespace/default"), "{namespaces}");
+    let write = |value: &str| {
+        std::fs::write(
+            &manifest,
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-kubectl\n  labels:\n    app: web\ndata:\n  k: {value}\n"),
+        )
+        .unwrap()
+    };
+    let file = manifest.to_string_lossy().into_owned();
+    write("one");
+    kubectl(args(&["apply", "--validate=false", "-f", &file])).await;
+    write("two");
+    kubectl(args(&["apply", "--validate=false", "-f", &file])).await;
+    let value = kubectl(args(&[
+        "get",
+        "configmap",
+        "from-kubectl",
+        "-o",
+        "jsonpath={.data.k}",
+    ]))
+    .await;
+    assert_eq!(value, "two");
+    write("three");
+    kubectl(args(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--validate=false",
+        "-f",
+        &file,
+    ]))
+    .await;
+    let listed = kubectl(args(&[
+        "get",
+        "configmaps",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].data.k}",
+    ]))
+    .await;
+    assert_eq!(listed, "three");
+    kubectl(args(&["delete", "configmap", "from-kubectl"])).await;
+    let left = kubectl(args(&["get", "configmaps", "-o", "name"])).await;
+    assert!(left.trim().is_empty(), "{left}");
+}
