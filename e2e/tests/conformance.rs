@@ -1015,3 +1015,41 @@ async fn kubectl_gets_and_applies() {
     let left = kubectl(args(&["get", "configmaps", "-o", "name"])).await;
     assert!(left.trim().is_empty(), "{left}");
 }
+
+/// The official Python `kubernetes` client (installed by `.ci/run`), when importable: list,
+/// watch, create, patch, delete. See `tests/python/client.py`.
+#[tokio::test]
+async fn python_client_lists_watches_creates_and_patches() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!(
+            "skipped: python3 with the `kubernetes` package is not available (pip install kubernetes)"
+        );
+        return;
+    }
+    let cluster = DevCluster::start(DevClusterConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, cluster.kubeconfig()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client.py");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(&kubeconfig)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
