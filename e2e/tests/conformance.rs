@@ -1053,3 +1053,75 @@ async fn python_client_lists_watches_creates_and_patches() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Random methods, paths, content types and bodies: every one gets an answer, and the server
+/// keeps serving.
+#[tokio::test]
+async fn random_requests_never_break_the_server() {
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let pick = |items: &[&'static str]| items[rand::random_range(0..items.len())];
+    for _ in 0..300 {
+        let path: String = (0..rand::random_range(1..7))
+            .map(|_| {
+                pick(&[
+                    "/api",
+                    "/apis",
+                    "/v1",
+                    "/namespaces",
+                    "/default",
+                    "/configmaps",
+                    "/x",
+                    "/status",
+                    "/token",
+                    "/apiextensions.k8s.io",
+                    "/customresourcedefinitions",
+                    "/serviceaccounts",
+                    "/%zz",
+                    "/..",
+                ])
+            })
+            .collect();
+        let query = pick(&[
+            "",
+            "?watch=1&timeoutSeconds=0",
+            "?labelSelector=a%20in",
+            "?limit=x",
+            "?continue=zz",
+            "?resourceVersion=abc&watch=true",
+            "?fieldManager=m&force=true",
+        ]);
+        let body = pick(&[
+            "",
+            "{",
+            "[]",
+            "null",
+            "{\"metadata\":{\"name\":\"n\"}}",
+            "{\"metadata\":7}",
+            "[{\"op\":\"add\",\"path\":\"/x\",\"value\":1}]",
+            "a: [",
+            "{\"spec\":{\"token\":1}}",
+        ]);
+        let request = http::Request::builder()
+            .method(pick(&["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))
+            .uri(format!("{path}{query}"))
+            .header(
+                "content-type",
+                pick(&[
+                    "application/json",
+                    "application/merge-patch+json",
+                    "application/json-patch+json",
+                    "application/apply-patch+yaml",
+                    "text/plain",
+                ]),
+            )
+            .body(body.as_bytes().to_vec())
+            .unwrap();
+        match tokio::time::timeout(WAIT, client.request_text(request)).await {
+            Ok(Ok(_)) | Ok(Err(kube::Error::Api(_))) => {}
+            Ok(Err(other)) => panic!("{path}{query}: not an API answer: {other:?}"),
+            Err(_) => panic!("{path}{query}: no answer"),
+        }
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    cms.list(&ListParams::default()).await.unwrap();
+}

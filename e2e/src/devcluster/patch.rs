@@ -232,3 +232,67 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use serde_json::json;
+
+    /// A small random JSON value built from a seed stream.
+    fn value(depth: u32) -> Value {
+        match rand::random_range(0..if depth > 3 { 4 } else { 7 }) {
+            0 => Value::Null,
+            1 => json!(rand::random_range(-3i64..5)),
+            2 => json!(["a", "b", "-", "0", "1", "~1", ""][rand::random_range(0..7)]),
+            3 => json!(rand::random::<bool>()),
+            4 | 5 => Value::Object(
+                (0..rand::random_range(0..4))
+                    .map(|_| {
+                        let key = ["a", "b", "0", "-", "~", "/"][rand::random_range(0..6)];
+                        (key.to_string(), value(depth + 1))
+                    })
+                    .collect(),
+            ),
+            _ => Value::Array(
+                (0..rand::random_range(0..4))
+                    .map(|_| value(depth + 1))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn path() -> String {
+        (0..rand::random_range(0..4))
+            .map(|_| {
+                [
+                    "/a",
+                    "/b",
+                    "/0",
+                    "/1",
+                    "/-",
+                    "/~1",
+                    "/~0",
+                    "/",
+                    "a",
+                    "/9999999999999999999999",
+                ][rand::random_range(0..10)]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_patches_never_panic() {
+        for _ in 0..5000 {
+            let mut target = value(0);
+            let ops: Vec<Value> = (0..rand::random_range(0..4))
+                .map(|_| {
+                    let op = ["add", "remove", "replace", "move", "copy", "test", "x"]
+                        [rand::random_range(0..7)];
+                    json!({"op": op, "path": path(), "from": path(), "value": value(2)})
+                })
+                .collect();
+            let _ = json_patch(&mut target, &Value::Array(ops));
+            merge_patch(&mut target, &value(0));
+        }
+    }
+}

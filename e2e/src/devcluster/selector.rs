@@ -373,3 +373,39 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+
+    #[test]
+    fn random_selectors_never_panic() {
+        const PIECES: &[&str] = &[
+            "a",
+            "b.io/c",
+            "=",
+            "==",
+            "!=",
+            "!",
+            ",",
+            " in ",
+            " notin ",
+            "(",
+            ")",
+            " ",
+            "é",
+            "x",
+            "metadata.name",
+            "metadata.namespace",
+        ];
+        for _ in 0..20000 {
+            let text: String = (0..rand::random_range(0..8))
+                .map(|_| PIECES[rand::random_range(0..PIECES.len())])
+                .collect();
+            if let Ok(s) = LabelSelector::parse(&text) {
+                let _ = s.matches(&BTreeMap::from([("a".to_string(), "x".to_string())]));
+            }
+            let _ = FieldSelector::parse(&text);
+        }
+    }
+}
