@@ -1125,3 +1125,52 @@ async fn random_requests_never_break_the_server() {
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     cms.list(&ListParams::default()).await.unwrap();
 }
+
+/// HTTP/2 by ALPN, verified against the CA the cluster wrote into its kubeconfig.
+#[tokio::test]
+async fn serves_http2_over_tls_with_its_own_ca() {
+    use http_body_util::{BodyExt, Empty};
+    use rustls_pki_types::pem::PemObject;
+
+    let cluster = DevCluster::start(DevClusterConfig::default())
+        .await
+        .unwrap();
+    let ca = rustls_pki_types::CertificateDer::from_pem_slice(cluster.ca_pem().unwrap().as_bytes())
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(cluster.address())
+        .await
+        .unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(format!("https://{}/api/v1/namespaces", cluster.address()))
+        .header("authorization", format!("Bearer {}", cluster.admin_token()))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list["kind"], "NamespaceList");
+}
