@@ -1174,3 +1174,67 @@ async fn serves_http2_over_tls_with_its_own_ca() {
     let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(list["kind"], "NamespaceList");
 }
+
+#[tokio::test]
+async fn delete_propagation_orphan_and_foreground() {
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let owned = |name: &str, owner: &ConfigMap, finalizer: bool| {
+        let mut cm = configmap(name, json!({}));
+        cm.metadata.owner_references = Some(vec![owner.controller_owner_ref(&()).unwrap()]);
+        if finalizer {
+            cm.metadata.finalizers = Some(vec!["mesh.io/test".into()]);
+        }
+        cm
+    };
+
+    // Orphan: the dependent stays, without its reference.
+    let owner = cms
+        .create(&PostParams::default(), &configmap("o1", json!({})))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &owned("kept", &owner, false))
+        .await
+        .unwrap();
+    cms.delete("o1", &DeleteParams::orphan()).await.unwrap();
+    let kept = cms.get("kept").await.unwrap();
+    assert!(
+        kept.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+
+    // Foreground: the owner waits (deletionTimestamp, foregroundDeletion) for its dependents.
+    let owner = cms
+        .create(&PostParams::default(), &configmap("o2", json!({})))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &owned("slow", &owner, true))
+        .await
+        .unwrap();
+    cms.delete("o2", &DeleteParams::foreground()).await.unwrap();
+    let waiting = cms.get("o2").await.unwrap();
+    assert!(waiting.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        waiting.metadata.finalizers.unwrap_or_default(),
+        ["foregroundDeletion"]
+    );
+    assert!(
+        cms.get("slow")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    cms.patch(
+        "slow",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(cms.get_opt("slow").await.unwrap().is_none());
+    assert!(cms.get_opt("o2").await.unwrap().is_none());
+}

@@ -18,7 +18,9 @@ use super::auth::{ServiceAccountToken, Tokens, User, random_token};
 use super::patch;
 use super::resources;
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{EventType, Gvr, ListOptions, Store, StoreError, WatchEvent, now_rfc3339};
+use super::store::{
+    EventType, Gvr, ListOptions, Propagation, Store, StoreError, WatchEvent, now_rfc3339,
+};
 
 /// The response body type of the server.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -700,13 +702,33 @@ impl Cluster {
                 self.write(&target, name, object)
             }
             (&Method::DELETE, Some(name)) => {
-                let precondition = parse_json_or_empty(&body)?
+                let options = parse_json_or_empty(&body)?;
+                let precondition = options
                     .pointer("/preconditions/resourceVersion")
                     .and_then(Value::as_str)
                     .map(String::from);
+                let policy = query
+                    .get("propagationPolicy")
+                    .map(String::as_str)
+                    .or_else(|| options.get("propagationPolicy").and_then(Value::as_str));
+                let propagation = match policy {
+                    None | Some("Background") => Propagation::Background,
+                    Some("Foreground") => Propagation::Foreground,
+                    Some("Orphan") => Propagation::Orphan,
+                    Some(other) => {
+                        return Err(ApiError::bad_request(format!(
+                            "propagationPolicy {other:?}: expected Background, Foreground or Orphan"
+                        )));
+                    }
+                };
                 let mut store = self.store();
-                let (object, gone) =
-                    store.delete(&target.gvr, &namespace, name, precondition.as_deref())?;
+                let (object, gone) = store.delete_with(
+                    &target.gvr,
+                    &namespace,
+                    name,
+                    precondition.as_deref(),
+                    propagation,
+                )?;
                 if gone && target.gvr == resources::crd_gvr() {
                     for (gvr, _) in resources::crd_resources(&object) {
                         store.unregister(&gvr);

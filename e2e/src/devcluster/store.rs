@@ -510,6 +510,79 @@ impl Store {
         Ok(new)
     }
 
+    /// Deletes an object with a propagation policy. `Orphan` first removes the object from its
+    /// dependents' ownerReferences; `Foreground` keeps the object (finalizer
+    /// `foregroundDeletion`) until [`Store::collect_garbage`] has removed its dependents;
+    /// `Background` is [`Store::delete`].
+    pub fn delete_with(
+        &mut self,
+        gvr: &Gvr,
+        namespace: &str,
+        name: &str,
+        precondition_rv: Option<&str>,
+        propagation: Propagation,
+    ) -> Result<(Value, bool), StoreError> {
+        let current = self.get(gvr, namespace, name)?;
+        let uid = current
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let dependents: Vec<(Gvr, String, String)> = self
+            .tables
+            .iter()
+            .flat_map(|(g, t)| {
+                t.objects
+                    .iter()
+                    .filter(|(_, o)| owner_uids(o).contains(&uid.as_str()))
+                    .map(move |((ns, n), _)| (g.clone(), ns.clone(), n.clone()))
+            })
+            .collect();
+        match propagation {
+            Propagation::Background => {}
+            Propagation::Orphan => {
+                if let Some(rv) = precondition_rv
+                    && Some(rv)
+                        != current
+                            .pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                {
+                    return Err(StoreError::Conflict {
+                        resource: gvr.resource.clone(),
+                        name: name.to_string(),
+                    });
+                }
+                for (g, ns, n) in dependents {
+                    if let Ok(mut dependent) = self.get(&g, &ns, &n) {
+                        if let Some(refs) = dependent
+                            .pointer_mut("/metadata/ownerReferences")
+                            .and_then(Value::as_array_mut)
+                        {
+                            refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(&uid));
+                        }
+                        let _ = self.replace(&g, &ns, &n, dependent);
+                    }
+                }
+            }
+            Propagation::Foreground => {
+                if !dependents.is_empty()
+                    && current.pointer("/metadata/deletionTimestamp").is_none()
+                {
+                    let mut held = current.clone();
+                    let mut list = finalizers(&held);
+                    list.push(FOREGROUND_DELETION.to_string());
+                    held["metadata"]["finalizers"] = json!(list);
+                    if let Some(rv) = precondition_rv {
+                        held["metadata"]["resourceVersion"] = json!(rv);
+                    }
+                    self.replace(gvr, namespace, name, held)?;
+                    return self.delete(gvr, namespace, name, None);
+                }
+            }
+        }
+        self.delete(gvr, namespace, name, precondition_rv)
+    }
+
     /// Deletes an object. With finalizers it only gets a `deletionTimestamp` (and stays until an
     /// update empties its finalizers); without, it is removed. Returns the object's last state
     /// and whether it is gone.
@@ -633,23 +706,39 @@ impl Store {
                 .flat_map(|t| t.objects.values())
                 .filter_map(|o| o.pointer("/metadata/uid").and_then(Value::as_str))
                 .collect();
+            // Owners deleted in the foreground: their dependents go first.
+            let dying: HashSet<&str> = self
+                .tables
+                .values()
+                .flat_map(|t| t.objects.values())
+                .filter(|o| finalizers(o).iter().any(|f| f == FOREGROUND_DELETION))
+                .filter_map(|o| o.pointer("/metadata/uid").and_then(Value::as_str))
+                .collect();
+            let referenced: HashSet<&str> = self
+                .tables
+                .values()
+                .flat_map(|t| t.objects.values())
+                .flat_map(|o| owner_uids(o))
+                .collect();
             let mut doomed = Vec::new();
+            let mut finished = Vec::new();
             for (gvr, table) in &self.tables {
                 for ((namespace, name), object) in &table.objects {
+                    let uid = object
+                        .pointer("/metadata/uid")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if dying.contains(uid) && !referenced.contains(uid) {
+                        finished.push((gvr.clone(), namespace.clone(), name.clone()));
+                    }
                     if object.pointer("/metadata/deletionTimestamp").is_some() {
                         continue;
                     }
-                    let owners: Vec<&str> = object
-                        .pointer("/metadata/ownerReferences")
-                        .and_then(Value::as_array)
-                        .map(|refs| {
-                            refs.iter()
-                                .filter_map(|r| r.get("uid").and_then(Value::as_str))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let orphaned =
-                        !owners.is_empty() && owners.iter().all(|uid| !live_uids.contains(uid));
+                    let owners = owner_uids(object);
+                    let orphaned = !owners.is_empty()
+                        && owners
+                            .iter()
+                            .all(|uid| !live_uids.contains(uid) || dying.contains(uid));
                     let homeless = table.info.namespaced
                         && live_namespaces
                             .as_ref()
@@ -659,8 +748,20 @@ impl Store {
                     }
                 }
             }
-            if doomed.is_empty() {
+            if doomed.is_empty() && finished.is_empty() {
                 return started;
+            }
+            for (gvr, namespace, name) in finished {
+                // Every dependent is gone: drop the foreground finalizer (which may complete
+                // the deletion).
+                if let Ok(mut object) = self.get(&gvr, &namespace, &name) {
+                    let rest: Vec<String> = finalizers(&object)
+                        .into_iter()
+                        .filter(|f| f != FOREGROUND_DELETION)
+                        .collect();
+                    object["metadata"]["finalizers"] = json!(rest);
+                    let _ = self.replace(&gvr, &namespace, &name, object);
+                }
             }
             for (gvr, namespace, name) in doomed {
                 if self.delete(&gvr, &namespace, &name, None).is_ok() {
@@ -710,6 +811,34 @@ impl Store {
             }
         }
     }
+}
+
+/// How a deletion treats the object's dependents (objects naming it in ownerReferences).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Propagation {
+    /// Delete the object now; the garbage collector removes dependents afterwards.
+    #[default]
+    Background,
+    /// Remove dependents first; the object stays (with a deletionTimestamp) until they are gone.
+    Foreground,
+    /// Keep dependents, removing their reference to the object.
+    Orphan,
+}
+
+/// The finalizer that holds an object deleted in the foreground until its dependents are gone.
+pub const FOREGROUND_DELETION: &str = "foregroundDeletion";
+
+/// The uids an object's ownerReferences name.
+fn owner_uids(object: &Value) -> Vec<&str> {
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The finalizers of an object.
