@@ -970,6 +970,8 @@ async fn kubectl_gets_and_applies() {
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let namespaces = kubectl(args(&["get", "namespaces", "-o", "name"])).await;
     assert!(namespaces.contains("namespace/default"), "{namespaces}");
+    let table = kubectl(args(&["get", "namespaces"])).await;
+    assert!(table.contains("default"), "{table}");
     let write = |value: &str| {
         std::fs::write(
             &manifest,
@@ -1237,4 +1239,40 @@ async fn delete_propagation_orphan_and_foreground() {
     .unwrap();
     assert!(cms.get_opt("slow").await.unwrap().is_none());
     assert!(cms.get_opt("o2").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn watcher_with_streaming_lists_converges() {
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    cms.create(&PostParams::default(), &configmap("before", json!({})))
+        .await
+        .unwrap();
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let stream = reflector(
+        writer,
+        watcher(cms.clone(), watcher::Config::default().streaming_lists()),
+    )
+    .default_backoff()
+    .applied_objects();
+    let driver = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    tokio::time::timeout(WAIT, reader.wait_until_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    cms.create(&PostParams::default(), &configmap("after", json!({})))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reader.state().len() != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reflector never saw both objects"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    driver.abort();
 }

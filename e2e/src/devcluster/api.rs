@@ -971,7 +971,10 @@ impl Cluster {
         target: &Target,
         query: &HashMap<String, String>,
     ) -> Result<Response<Body>, ApiError> {
-        let options = list_options(query)?;
+        let mut options = list_options(query)?;
+        // A watch streams everything that matches: paging does not apply.
+        options.limit = 0;
+        options.continue_token = None;
         let timeout = match query.get("timeoutSeconds") {
             Some(t) => Duration::from_secs(t.parse().map_err(|_| {
                 ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
@@ -982,7 +985,13 @@ impl Cluster {
             query.get("allowWatchBookmarks").map(String::as_str),
             Some("true" | "1")
         );
+        let initial_events = matches!(
+            query.get("sendInitialEvents").map(String::as_str),
+            Some("true" | "1")
+        );
         let start = match query.get("resourceVersion").map(String::as_str) {
+            // A streaming list starts from the current state, whatever version it names.
+            _ if initial_events => None,
             None | Some("" | "0") => None,
             Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
                 ApiError::bad_request(format!("resourceVersion {rv:?} is not a valid version"))
@@ -1010,6 +1019,15 @@ impl Cluster {
                     let Ok(page) = page else { return };
                     for object in page.items {
                         if tx.send(event_line("ADDED", &object)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if initial_events {
+                        // The end of a streaming list, as watch-list clients expect it.
+                        let object = json!({"kind": kind, "apiVersion": gvr.api_version(),
+                            "metadata": {"resourceVersion": revision.to_string(),
+                                "annotations": {"k8s.io/initial-events-end": "true"}}});
+                        if tx.send(event_line("BOOKMARK", &object)).await.is_err() {
                             return;
                         }
                     }
