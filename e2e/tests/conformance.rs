@@ -1276,3 +1276,41 @@ async fn watcher_with_streaming_lists_converges() {
     }
     driver.abort();
 }
+
+#[tokio::test]
+async fn run_serves_until_shutdown_and_writes_the_kubeconfig() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let written = path.clone();
+    let running = tokio::spawn(mesh_e2e::devcluster::run(
+        DevClusterConfig::default(),
+        async move {
+            let _ = stopped.await;
+        },
+        move |cluster| cluster.write_kubeconfig(&written).unwrap(),
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no kubeconfig written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = client_for(&std::fs::read_to_string(&path).unwrap()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    cms.list(&ListParams::default()).await.unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the kubeconfig holds a token: owner-only");
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -755,7 +755,16 @@ impl Cluster {
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_string();
-                    store.delete(&target.gvr, &ns, &name, None)?;
+                    // An item removed meanwhile (by the garbage collector) is not an error.
+                    match store.delete(&target.gvr, &ns, &name, None) {
+                        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => {
+                            let revision = store.revision();
+                            drop(store);
+                            self.notify(revision);
+                            return Err(e.into());
+                        }
+                    }
                 }
                 store.collect_garbage();
                 let revision = store.revision();

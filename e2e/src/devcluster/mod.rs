@@ -24,4 +24,4 @@ pub mod store;
 
 pub use api::{Cluster, ClusterConfig};
 pub use auth::{Rule, User};
-pub use server::{DevCluster, DevClusterConfig, StartError, serve};
+pub use server::{DevCluster, DevClusterConfig, RunError, StartError, run, serve};

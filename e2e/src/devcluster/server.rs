@@ -234,6 +234,19 @@ impl DevCluster {
         &self.cluster
     }
 
+    /// Writes the kubeconfig to a file, readable by its owner only (it holds a bearer token).
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        options.open(path)?.write_all(self.kubeconfig.as_bytes())
+    }
+
     /// Writes the snapshot file now (a no-op without one). The write goes to a temporary file
     /// renamed over the old one, so a crash never leaves half a snapshot.
     pub fn save_snapshot(&self) -> std::io::Result<()> {
@@ -275,6 +288,32 @@ impl Drop for DevCluster {
             tracing::warn!(error = %e, "writing the dev cluster snapshot failed");
         }
     }
+}
+
+/// Why [`run`] ended with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The cluster did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The snapshot could not be written on shutdown.
+    #[error("writing the snapshot on shutdown: {0}")]
+    Snapshot(#[source] std::io::Error),
+}
+
+/// Runs a dev cluster until `shutdown` completes: starts it, hands it to `ready` (to print or
+/// write its kubeconfig), then stops it and writes its snapshot. This is the whole of a
+/// `devcluster` command.
+pub async fn run(
+    config: DevClusterConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: impl FnOnce(&DevCluster),
+) -> Result<(), RunError> {
+    let cluster = DevCluster::start(config).await?;
+    ready(&cluster);
+    shutdown.await;
+    cluster.shutdown().await.map_err(RunError::Snapshot)
 }
 
 /// Serves the cluster's API on `listener` (TLS when `acceptor` is given) until `shutdown` turns
