@@ -1314,3 +1314,46 @@ async fn run_serves_until_shutdown_and_writes_the_kubeconfig() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn cluster_scoped_crd_is_discovered_and_served() {
+    use kube::core::{DynamicObject, GroupVersionKind};
+    use kube::discovery;
+
+    let (_cluster, client) = start(DevClusterConfig::default()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = serde_json::from_value(json!({
+        "metadata": {"name": "widgets.example.io"},
+        "spec": {
+            "group": "example.io",
+            "scope": "Cluster",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
+        }
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+
+    let gvk = GroupVersionKind::gvk("example.io", "v1", "Widget");
+    let (resource, capabilities) = discovery::pinned_kind(&client, &gvk).await.unwrap();
+    assert_eq!(resource.plural, "widgets");
+    assert_eq!(capabilities.scope, discovery::Scope::Cluster);
+
+    let widgets: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let widget: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.io/v1", "kind": "Widget",
+        "metadata": {"name": "w"}, "spec": {"size": 3}
+    }))
+    .unwrap();
+    widgets
+        .create(&PostParams::default(), &widget)
+        .await
+        .unwrap();
+    let got = widgets.get("w").await.unwrap();
+    assert_eq!(got.data["spec"]["size"], 3);
+    assert!(got.metadata.namespace.is_none());
+    // A namespaced path to a cluster-scoped resource is not found.
+    let namespaced: Api<DynamicObject> = Api::namespaced_with(client, "default", &resource);
+    assert_eq!(api_code(namespaced.get("w").await.unwrap_err()).0, 404);
+}
