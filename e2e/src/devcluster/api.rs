@@ -8,19 +8,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::UnsyncBoxBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::apply;
 use super::auth::{ServiceAccountToken, Tokens, User, random_token};
 use super::patch;
 use super::resources;
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{
-    EventType, Gvr, ListOptions, Propagation, Store, StoreError, WatchEvent, now_rfc3339,
-};
+use super::store::{Gvr, ListOptions, Propagation, Store, StoreError, now_rfc3339};
 
 /// The response body type of the server.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -32,9 +30,9 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 #[derive(Debug)]
 pub struct Cluster {
     store: Mutex<Store>,
-    changed: watch::Sender<u64>,
+    pub(super) changed: watch::Sender<u64>,
     tokens: Mutex<Tokens>,
-    bookmark_interval: Duration,
+    pub(super) bookmark_interval: Duration,
     server_address: Mutex<String>,
 }
 
@@ -62,7 +60,7 @@ impl Default for ClusterConfig {
 
 /// An error answered as a Kubernetes `Status`.
 #[derive(Debug)]
-struct ApiError {
+pub(super) struct ApiError {
     code: StatusCode,
     reason: &'static str,
     message: String,
@@ -77,7 +75,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(super) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }
 
@@ -85,7 +83,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "NotFound", message)
     }
 
-    fn status(&self) -> Value {
+    pub(super) fn status(&self) -> Value {
         status_object(self.code, self.reason, &self.message)
     }
 }
@@ -133,11 +131,11 @@ fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
 
 /// A request's target, once its path is parsed.
 #[derive(Debug)]
-struct Target {
-    gvr: Gvr,
-    namespace: Option<String>,
-    name: Option<String>,
-    subresource: Option<String>,
+pub(super) struct Target {
+    pub(super) gvr: Gvr,
+    pub(super) namespace: Option<String>,
+    pub(super) name: Option<String>,
+    pub(super) subresource: Option<String>,
 }
 
 fn query_params(query: Option<&str>) -> HashMap<String, String> {
@@ -211,7 +209,7 @@ impl Cluster {
         }
     }
 
-    fn store(&self) -> MutexGuard<'_, Store> {
+    pub(super) fn store(&self) -> MutexGuard<'_, Store> {
         // A poisoned lock means a panic in a store call, which the store never does on input;
         // the data is still consistent per operation, so keep serving.
         self.store.lock().unwrap_or_else(|e| e.into_inner())
@@ -789,7 +787,7 @@ impl Cluster {
         }
     }
 
-    fn kind(&self, gvr: &Gvr) -> String {
+    pub(super) fn kind(&self, gvr: &Gvr) -> String {
         self.store()
             .info(gvr)
             .map(|i| i.kind.clone())
@@ -974,161 +972,6 @@ impl Cluster {
             ),
         ))
     }
-
-    fn watch(
-        self: &Arc<Self>,
-        target: &Target,
-        query: &HashMap<String, String>,
-    ) -> Result<Response<Body>, ApiError> {
-        let mut options = list_options(query)?;
-        // A watch streams everything that matches: paging does not apply.
-        options.limit = 0;
-        options.continue_token = None;
-        let timeout = match query.get("timeoutSeconds") {
-            Some(t) => Duration::from_secs(t.parse().map_err(|_| {
-                ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number"))
-            })?),
-            None => Duration::from_secs(1800),
-        };
-        let bookmarks = matches!(
-            query.get("allowWatchBookmarks").map(String::as_str),
-            Some("true" | "1")
-        );
-        let initial_events = matches!(
-            query.get("sendInitialEvents").map(String::as_str),
-            Some("true" | "1")
-        );
-        let start = match query.get("resourceVersion").map(String::as_str) {
-            // A streaming list starts from the current state, whatever version it names.
-            _ if initial_events => None,
-            None | Some("" | "0") => None,
-            Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("resourceVersion {rv:?} is not a valid version"))
-            })?),
-        };
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
-        let mut changed = self.changed.subscribe();
-        let cluster = Arc::clone(self);
-        let gvr = target.gvr.clone();
-        let namespace = target.namespace.clone();
-        let kind = self.kind(&gvr);
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
-            // Initial state: from the given version, or every current object as ADDED.
-            let mut last = match start {
-                Some(rv) => rv,
-                None => {
-                    let (page, revision) = {
-                        let store = cluster.store();
-                        (
-                            store.list(&gvr, namespace.as_deref(), &options),
-                            store.revision(),
-                        )
-                    };
-                    let Ok(page) = page else { return };
-                    for object in page.items {
-                        if tx.send(event_line("ADDED", &object)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if initial_events {
-                        // The end of a streaming list, as watch-list clients expect it.
-                        let object = json!({"kind": kind, "apiVersion": gvr.api_version(),
-                            "metadata": {"resourceVersion": revision.to_string(),
-                                "annotations": {"k8s.io/initial-events-end": "true"}}});
-                        if tx.send(event_line("BOOKMARK", &object)).await.is_err() {
-                            return;
-                        }
-                    }
-                    revision
-                }
-            };
-            let mut bookmark = tokio::time::interval(cluster.bookmark_interval);
-            bookmark.tick().await;
-            loop {
-                let events = cluster.store().events_since(&gvr, last);
-                match events {
-                    Ok(events) => {
-                        for event in events {
-                            last = last.max(event.resource_version);
-                            let Some(kind) = visible_as(&event, namespace.as_deref(), &options)
-                            else {
-                                continue;
-                            };
-                            if tx.send(event_line(kind, &event.object)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let e = ApiError::from(e);
-                        let _ = tx.send(event_line("ERROR", &e.status())).await;
-                        return;
-                    }
-                }
-                tokio::select! {
-                    r = changed.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep_until(deadline) => return,
-                    _ = bookmark.tick(), if bookmarks => {
-                        let object = json!({"kind": kind, "apiVersion": gvr.api_version(),
-                            "metadata": {"resourceVersion": last.to_string()}});
-                        if tx.send(event_line("BOOKMARK", &object)).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|line| (Ok::<_, Infallible>(Frame::data(line)), rx))
-        });
-        let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        Ok(response)
-    }
-}
-
-/// How a watch filtered by namespace and selectors reports an event, if at all: an object that
-/// starts matching is ADDED and one that stops matching is DELETED, as on a real API server.
-fn visible_as(
-    event: &WatchEvent,
-    namespace: Option<&str>,
-    options: &ListOptions,
-) -> Option<&'static str> {
-    let matches = |object: &Value| {
-        namespace.is_none_or(|ns| {
-            object
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                == Some(ns)
-        }) && options.labels.matches_object(object)
-            && options.fields.matches_object(object)
-    };
-    let now = matches(&event.object);
-    match event.kind {
-        EventType::Added | EventType::Deleted => now.then_some(event.kind.as_str()),
-        EventType::Modified => {
-            let before = event.previous.as_ref().is_some_and(matches);
-            match (before, now) {
-                (true, true) => Some("MODIFIED"),
-                (false, true) => Some("ADDED"),
-                (true, false) => Some("DELETED"),
-                (false, false) => None,
-            }
-        }
-    }
-}
-
-fn event_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = json!({"type": kind, "object": object}).to_string();
-    line.push('\n');
-    Bytes::from(line)
 }
 
 fn list_object(
@@ -1145,7 +988,7 @@ fn list_object(
     json!({"kind": format!("{kind}List"), "apiVersion": gvr.api_version(), "metadata": metadata, "items": items})
 }
 
-fn list_options(query: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
+pub(super) fn list_options(query: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
     let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))

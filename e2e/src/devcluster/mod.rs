@@ -10,6 +10,7 @@
 //! - [`apply`]: server-side apply and managed fields.
 //! - [`auth`]: users, rules, service-account tokens.
 //! - [`api`]: the REST API over the store, one request at a time.
+//! - [`watch`]: watch streams.
 //! - [`server`]: HTTPS with the cluster's own CA, and the kubeconfig.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod resources;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod watch;
 
 pub use api::{Cluster, ClusterConfig};
 pub use auth::{Rule, User};
