@@ -456,6 +456,19 @@ async fn bad_input_gets_status_errors() {
         code(send("GET", "/nowhere", "application/json", vec![]).await),
         404
     );
+    // ConfigMaps have no status subresource.
+    assert_eq!(
+        code(
+            send(
+                "GET",
+                &format!("{cms}/x/status"),
+                "application/json",
+                vec![]
+            )
+            .await
+        ),
+        404
+    );
     assert_eq!(
         code(
             send(

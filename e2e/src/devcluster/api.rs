@@ -820,8 +820,8 @@ impl Cluster {
             }
         };
         let gvr = Gvr::new(group, version, resource);
-        let namespaced = match self.store().info(&gvr) {
-            Some(info) => info.namespaced,
+        let (namespaced, has_status) = match self.store().info(&gvr) {
+            Some(info) => (info.namespaced, info.status_subresource),
             None => {
                 return Err(ApiError::not_found(format!(
                     "the server could not find the requested resource {path}"
@@ -839,7 +839,8 @@ impl Cluster {
             )));
         }
         match subresource.as_deref() {
-            None | Some("status") => {}
+            None => {}
+            Some("status") if has_status => {}
             Some("token") if gvr == Gvr::new("", "v1", "serviceaccounts") => {}
             Some(other) => {
                 return Err(ApiError::not_found(format!(
