@@ -456,12 +456,25 @@ async fn bad_input_gets_status_errors() {
         code(send("GET", "/nowhere", "application/json", vec![]).await),
         404
     );
-    // ConfigMaps have no status subresource.
+    // ConfigMaps have no status subresource: 404 even for one that exists.
+    send(
+        "POST",
+        cms,
+        "application/json",
+        br#"{"metadata":{"name":"s"}}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        send("GET", &format!("{cms}/s"), "application/json", vec![])
+            .await
+            .is_ok()
+    );
     assert_eq!(
         code(
             send(
                 "GET",
-                &format!("{cms}/x/status"),
+                &format!("{cms}/s/status"),
                 "application/json",
                 vec![]
             )
