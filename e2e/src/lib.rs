@@ -1,5 +1,7 @@
 //! mesh-e2e: the end-to-end harness.
 //!
-//! Not built yet. This crate will hold the Kubernetes-API-compatible dev cluster, the network
-//! namespace topology builder, the WAN emulator and the benchmarks (see ARCHITECTURE.md,
-//! "The local dev cluster"). It exposes nothing until then.
+//! [`devcluster`] is a small Kubernetes-API-compatible server for tests and local runs (see
+//! ARCHITECTURE.md, "The local dev cluster"): the product talks to it only through kube-rs,
+//! exactly as to a real API server.
+
+pub mod devcluster;
