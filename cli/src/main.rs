@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod devcluster;
 mod duration;
 mod files;
 mod trust;
@@ -28,6 +29,8 @@ enum Command {
     Trust(trust::TrustCommand),
     /// Print the CustomResourceDefinitions (Link, TrafficSplit) as YAML, for kubectl apply.
     Crds,
+    /// Run a local Kubernetes-API-compatible dev cluster, for tests and demos.
+    Devcluster(devcluster::DevclusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Trust(cmd) => trust::run(cmd),
         Command::Crds => print_crds(),
+        Command::Devcluster(args) => devcluster::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
