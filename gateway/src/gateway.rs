@@ -1,0 +1,179 @@
+//! Binding the gateway's ports and running it until shutdown.
+//!
+//! [`Gateway::bind`] binds the QUIC endpoint and the egress listener (so a test or a supervisor
+//! knows the ports before traffic flows), [`Gateway::run`] serves both until the shutdown future
+//! resolves, then stops accepting, lets open tunnels finish up to the drain deadline, closes
+//! every QUIC connection with code 0 and waits for the endpoint to go idle.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_proxy::drain;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::GatewayConfig;
+use crate::egress;
+use crate::ingress::Ingress;
+use crate::links::LinkTable;
+use crate::quic::{self, QuicConfigError};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The QUIC settings could not be built.
+    #[error(transparent)]
+    Quic(#[from] QuicConfigError),
+    /// The egress TLS configuration could not be built.
+    #[error("cannot build the egress TLS configuration: {0}")]
+    EgressTls(#[from] mesh_trust::tls::TlsError),
+    /// The QUIC port could not be bound.
+    #[error("cannot bind the QUIC port {addr}/udp: {source}")]
+    QuicBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The egress port could not be bound.
+    #[error("cannot bind the egress port {addr}/tcp: {source}")]
+    EgressBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A gateway with its ports bound, ready to run.
+pub struct Gateway {
+    config: GatewayConfig,
+    endpoint: quinn::Endpoint,
+    egress: TcpListener,
+    acceptor: TlsAcceptor,
+    quic_addr: SocketAddr,
+    egress_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("cluster", &self.config.cluster)
+            .field("quic_addr", &self.quic_addr)
+            .field("egress_addr", &self.egress_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Binds the QUIC port (`config.quic_addr`, UDP) and the egress port (`config.egress_addr`,
+    /// TCP).
+    ///
+    /// # Errors
+    ///
+    /// A [`BindError`] naming the port or the configuration at fault.
+    pub async fn bind(config: GatewayConfig) -> Result<Self, BindError> {
+        let server = quic::server_config(
+            config.bundles.clone(),
+            config.certs.clone(),
+            config.timeouts.quic_idle,
+            config.max_streams_per_connection,
+        )?;
+        let acceptor = TlsAcceptor::from(Arc::new(egress::tls_config(&config)?));
+        let endpoint = quinn::Endpoint::server(server, config.quic_addr).map_err(|source| {
+            BindError::QuicBind {
+                addr: config.quic_addr,
+                source,
+            }
+        })?;
+        let quic_addr = endpoint
+            .local_addr()
+            .map_err(|source| BindError::QuicBind {
+                addr: config.quic_addr,
+                source,
+            })?;
+        let egress = TcpListener::bind(config.egress_addr)
+            .await
+            .map_err(|source| BindError::EgressBind {
+                addr: config.egress_addr,
+                source,
+            })?;
+        let egress_addr = egress
+            .local_addr()
+            .map_err(|source| BindError::EgressBind {
+                addr: config.egress_addr,
+                source,
+            })?;
+        Ok(Self {
+            config,
+            endpoint,
+            egress,
+            acceptor,
+            quic_addr,
+            egress_addr,
+        })
+    }
+
+    /// The bound QUIC address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound egress address.
+    pub fn egress_addr(&self) -> SocketAddr {
+        self.egress_addr
+    }
+
+    /// Serves both ports until `shutdown` resolves, then drains (see the module doc).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            config,
+            endpoint,
+            egress,
+            acceptor,
+            ..
+        } = self;
+        let timeouts = config.timeouts;
+        let links = Arc::new(LinkTable::new(
+            endpoint.clone(),
+            config.links.clone(),
+            config.bundles.clone(),
+            config.certs.clone(),
+            timeouts.connect,
+            timeouts.quic_idle,
+            config.reconnect,
+        ));
+        let ingress = Arc::new(Ingress::new(
+            config.cluster.clone(),
+            config.links.clone(),
+            config.exports.clone(),
+            config.discovery.clone(),
+            config.inbound_port,
+            timeouts,
+            config.balance,
+        ));
+        let (drain, watch) = drain::channel();
+        tokio::spawn(egress::serve(
+            egress,
+            acceptor,
+            links,
+            timeouts,
+            config.max_egress_connections,
+            watch.clone(),
+        ));
+        tokio::spawn(ingress.serve(endpoint.clone(), watch));
+
+        shutdown.await;
+        tracing::info!(deadline = ?timeouts.drain, "gateway draining");
+        if tokio::time::timeout(timeouts.drain, drain.drain())
+            .await
+            .is_err()
+        {
+            tracing::info!("drain deadline passed; closing open tunnels");
+        }
+        endpoint.close(quic::code::SHUTDOWN, b"gateway shutting down");
+        endpoint.wait_idle().await;
+    }
+}

@@ -1,0 +1,390 @@
+//! Ingress: streams from linked gateways, on the QUIC port.
+//!
+//! A connection is served only if its peer negotiated `mesh.gw` and is the gateway of a current
+//! Link; anything else is closed with [`quic::code::FORBIDDEN`]. Each bidirectional stream then
+//! starts with one `StreamHeader` frame (capped, within the open deadline):
+//! - `open`: the authority must be an exported service ([`ExportWatch`]) that discovery knows,
+//!   else `not-exported`; a ready endpoint with a mesh identity is chosen with the proxy's
+//!   balancer, else `no-endpoints`; the gateway connects to that endpoint's IP at the proxy
+//!   inbound port, answers OK with the endpoint's identity, and splices. Endpoints without an
+//!   identity (no proxy, so no end-to-end mTLS) and endpoints that are themselves tunnels are
+//!   never chosen. No other address is ever dialled.
+//! - `probe`: answered with a `ProbeResponse` naming this cluster and its health.
+//!
+//! A bad stream (garbage, truncated or oversized frame, bad request) is answered `bad-request`
+//! and closed; the connection and its other streams carry on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh_api::frame;
+use mesh_api::ports::ALPN_GATEWAY;
+use mesh_api::tunnel::{
+    OpenStatus, Probe, ProbeResponse, StreamHeader, TunnelOpen, TunnelOpenResponse,
+};
+use mesh_proxy::balance::{BalanceConfig, Balancer, InFlight};
+use mesh_proxy::discovery::{Destination, DestinationWatch, Resolve, Target};
+use mesh_proxy::drain;
+use mesh_proxy::tcp::splice;
+use mesh_trust::SpiffeId;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+
+use crate::config::{ExportWatch, LinkWatch, Timeouts};
+use crate::open::{self, BadRequest, MAX_OPEN_REQUEST_LEN, MAX_OPEN_RESPONSE_LEN, StreamRequest};
+use crate::quic;
+
+/// How many endpoints one open tries before answering `no-endpoints`.
+const CONNECT_ATTEMPTS: usize = 2;
+
+/// What ingress needs, shared by every connection and stream.
+pub(crate) struct Ingress {
+    pub(crate) cluster: String,
+    pub(crate) links: LinkWatch,
+    pub(crate) exports: ExportWatch,
+    pub(crate) discovery: Arc<dyn Resolve>,
+    pub(crate) inbound_port: u16,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) balance: BalanceConfig,
+    services: Mutex<HashMap<String, Service>>,
+}
+
+/// One exported service: its discovery watch and its balancer.
+struct Service {
+    watch: DestinationWatch,
+    balancer: Balancer<SocketAddr>,
+    identities: HashMap<SocketAddr, SpiffeId>,
+}
+
+/// How an open stream was answered.
+enum Opened {
+    Tunnel {
+        upstream: TcpStream,
+        endpoint: SpiffeId,
+        in_flight: InFlight<SocketAddr>,
+    },
+    Refused(TunnelOpenResponse),
+}
+
+impl Ingress {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        cluster: String,
+        links: LinkWatch,
+        exports: ExportWatch,
+        discovery: Arc<dyn Resolve>,
+        inbound_port: u16,
+        timeouts: Timeouts,
+        balance: BalanceConfig,
+    ) -> Self {
+        Self {
+            cluster,
+            links,
+            exports,
+            discovery,
+            inbound_port,
+            timeouts,
+            balance,
+            services: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Accepts connections until draining starts.
+    pub(crate) async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint, mut watch: drain::Watch) {
+        loop {
+            let incoming = tokio::select! {
+                () = watch.signaled() => return,
+                incoming = endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { return };
+            let (this, watch) = (self.clone(), watch.clone());
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let handshake = tokio::time::timeout(this.timeouts.connect, incoming);
+                match handshake.await {
+                    Ok(Ok(connection)) => this.serve_connection(connection, watch).await,
+                    Ok(Err(error)) => tracing::debug!(%remote, %error, "QUIC handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "QUIC handshake timed out"),
+                }
+            });
+        }
+    }
+
+    async fn serve_connection(
+        self: Arc<Self>,
+        connection: quinn::Connection,
+        mut watch: drain::Watch,
+    ) {
+        let remote = connection.remote_address();
+        if quic::negotiated_alpn(&connection).as_deref() != Some(ALPN_GATEWAY) {
+            connection.close(quic::code::FORBIDDEN, b"ALPN mesh.gw required");
+            return;
+        }
+        let peer = quic::peer_identity(&connection);
+        let cluster = peer.as_ref().and_then(|peer| {
+            quic::linked_gateway(&self.links.borrow(), peer).map(|link| link.cluster.clone())
+        });
+        let (Some(peer), Some(cluster)) = (peer, cluster) else {
+            tracing::info!(%remote, "refused a QUIC peer that is no linked gateway");
+            connection.close(quic::code::FORBIDDEN, b"not a linked gateway");
+            return;
+        };
+        tracing::info!(%remote, %peer, %cluster, "linked gateway connected");
+        loop {
+            let accepted = tokio::select! {
+                () = watch.signaled() => {
+                    connection.close(quic::code::SHUTDOWN, b"shutting down");
+                    return;
+                }
+                accepted = connection.accept_bi() => accepted,
+            };
+            let (send, recv) = match accepted {
+                Ok(streams) => streams,
+                Err(error) => {
+                    tracing::debug!(%remote, %cluster, %error, "linked gateway connection ended");
+                    return;
+                }
+            };
+            let this = self.clone();
+            let (retain, cluster) = (watch.retain(), cluster.clone());
+            tokio::spawn(async move {
+                let _retain = retain;
+                this.serve_stream(send, recv, &cluster).await;
+            });
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        from: &str,
+    ) {
+        let deadline = Instant::now() + self.timeouts.open;
+        let bad = |error: BadRequest| open::refusal(OpenStatus::BadRequest, error.to_string());
+        let header = timeout_at(
+            deadline,
+            frame::read_frame::<StreamHeader, _>(&mut recv, MAX_OPEN_REQUEST_LEN),
+        )
+        .await;
+        let request = match header {
+            Err(_) => Err(bad(BadRequest::Frame(
+                "no stream header within the open deadline".into(),
+            ))),
+            Ok(Ok(Some(header))) => open::classify(header).map_err(bad),
+            Ok(Ok(None)) => Err(bad(BadRequest::Frame("the stream ended before it".into()))),
+            Ok(Err(error)) => Err(bad(BadRequest::Frame(error.to_string()))),
+        };
+        let request = match request {
+            Ok(StreamRequest::Probe(probe)) => {
+                let response = self.probe(probe);
+                let _ = frame::write_frame(&mut send, &response, MAX_OPEN_RESPONSE_LEN).await;
+                let _ = send.finish();
+                return;
+            }
+            Ok(StreamRequest::Open(request)) => request,
+            Err(refusal) => return refuse(send, recv, &refusal, from).await,
+        };
+
+        let opened = match timeout_at(deadline, self.open(&request)).await {
+            Ok(opened) => opened,
+            Err(_) => Opened::Refused(open::refusal(
+                OpenStatus::Unreachable,
+                format!("no endpoint answered within {:?}", self.timeouts.open),
+            )),
+        };
+        let Opened::Tunnel {
+            mut upstream,
+            endpoint,
+            in_flight,
+        } = opened
+        else {
+            if let Opened::Refused(refusal) = opened {
+                refuse(send, recv, &refusal, from).await;
+            }
+            return;
+        };
+        if frame::write_frame(&mut send, &open::accepted(&endpoint), MAX_OPEN_RESPONSE_LEN)
+            .await
+            .is_err()
+        {
+            in_flight.finish(Instant::now());
+            return;
+        }
+        tracing::debug!(
+            from,
+            caller = %open_caller(&request),
+            authority = %request.authority,
+            %endpoint,
+            "ingress tunnel open"
+        );
+        let mut stream = tokio::io::join(recv, send);
+        let result = splice(&mut stream, &mut upstream, self.timeouts.tunnel_idle).await;
+        in_flight.finish(Instant::now());
+        if let Err(error) = result {
+            tracing::debug!(from, %endpoint, %error, "ingress tunnel broke");
+        }
+    }
+
+    /// Chooses an endpoint of the exported service and connects to its proxy.
+    async fn open(&self, request: &TunnelOpen) -> Opened {
+        let authority = match open::service_authority(request) {
+            Ok(authority) => authority,
+            Err(error) => {
+                return Opened::Refused(open::refusal(OpenStatus::BadRequest, error.to_string()));
+            }
+        };
+        let exported = self
+            .exports
+            .borrow()
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(&authority));
+        let not_exported = || {
+            Opened::Refused(open::refusal(
+                OpenStatus::NotExported,
+                format!("{authority} is not exported by cluster {}", self.cluster),
+            ))
+        };
+        if !exported {
+            return not_exported();
+        }
+        let mut watch = self.watch(&authority);
+        // The first answer may still be on its way.
+        let destination = match watch.wait_for(Option::is_some).await {
+            Ok(destination) => destination.clone(),
+            Err(_) => None,
+        };
+        let Some(destination) = destination.filter(|d| d.exists) else {
+            return not_exported();
+        };
+
+        let mut avoid = None;
+        let mut last_error = String::from("no ready endpoint with a mesh identity");
+        for _ in 0..CONNECT_ATTEMPTS {
+            let picked = self.pick(&authority, &destination, avoid.as_ref());
+            let Some((in_flight, identity)) = picked else {
+                break;
+            };
+            let target = SocketAddr::new(in_flight.addr().ip(), self.inbound_port);
+            let connect =
+                tokio::time::timeout(self.timeouts.connect, TcpStream::connect(target)).await;
+            match connect {
+                Ok(Ok(upstream)) => {
+                    let _ = upstream.set_nodelay(true);
+                    let mut in_flight = in_flight;
+                    in_flight.connected(Instant::now());
+                    return Opened::Tunnel {
+                        upstream,
+                        endpoint: identity,
+                        in_flight,
+                    };
+                }
+                Ok(Err(error)) => last_error = format!("{target}: {error}"),
+                Err(_) => last_error = format!("{target}: connect timed out"),
+            }
+            avoid = Some(*in_flight.addr());
+            in_flight.fail(Instant::now(), &mut rand::rng());
+        }
+        Opened::Refused(open::refusal(
+            OpenStatus::NoEndpoints,
+            format!("{authority}: {last_error}"),
+        ))
+    }
+
+    /// The discovery watch of an exported service, started on first use and kept.
+    fn watch(&self, authority: &str) -> DestinationWatch {
+        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        services
+            .entry(authority.to_owned())
+            .or_insert_with(|| Service {
+                watch: self
+                    .discovery
+                    .watch(Target::Authority(authority.to_owned())),
+                balancer: Balancer::new(self.balance),
+                identities: HashMap::new(),
+            })
+            .watch
+            .clone()
+    }
+
+    /// Refreshes the service's balancer from `destination` and picks an endpoint.
+    fn pick(
+        &self,
+        authority: &str,
+        destination: &Destination,
+        avoid: Option<&SocketAddr>,
+    ) -> Option<(InFlight<SocketAddr>, SpiffeId)> {
+        let now = Instant::now();
+        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let service = services.get_mut(authority)?;
+        let identities: HashMap<SocketAddr, SpiffeId> = ready_endpoints(destination).collect();
+        if identities != service.identities {
+            service.balancer.update(identities.keys().copied(), now);
+            service.identities = identities;
+        }
+        let in_flight = service
+            .balancer
+            .pick_avoiding(now, &mut rand::rng(), avoid)
+            .ok()?;
+        let identity = service.identities.get(in_flight.addr())?.clone();
+        Some((in_flight, identity))
+    }
+
+    /// The gateway's health, as a probe sees it.
+    fn probe(&self, probe: Probe) -> ProbeResponse {
+        let exported: Vec<String> = self.exports.borrow().iter().cloned().collect();
+        let ready = {
+            let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+            exported
+                .iter()
+                .filter_map(|authority| services.get(&authority.to_ascii_lowercase()))
+                .filter_map(|service| service.watch.borrow().clone())
+                .map(|destination| ready_endpoints(&destination).count())
+                .sum::<usize>()
+        };
+        ProbeResponse {
+            nonce: probe.nonce,
+            sent_at_unix_micros: probe.sent_at_unix_micros,
+            cluster: self.cluster.clone(),
+            healthy: true,
+            exported_services: u32::try_from(exported.len()).unwrap_or(u32::MAX),
+            ready_endpoints: u32::try_from(ready).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// The endpoints a tunnel may reach: ready, with a mesh identity, and local (not tunnels).
+fn ready_endpoints(destination: &Destination) -> impl Iterator<Item = (SocketAddr, SpiffeId)> + '_ {
+    destination
+        .endpoints
+        .iter()
+        .filter(|endpoint| endpoint.ready && endpoint.tunnel.is_none())
+        .filter_map(|endpoint| Some((endpoint.addr, endpoint.identity.clone()?)))
+}
+
+/// The caller identity an open request names, for logs only (the remote gateway vouched for it).
+fn open_caller(request: &TunnelOpen) -> String {
+    request
+        .caller_identity
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(256)
+        .collect()
+}
+
+/// Answers a refusal and closes the stream.
+async fn refuse(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    refusal: &TunnelOpenResponse,
+    from: &str,
+) {
+    tracing::debug!(from, status = refusal.status, message = %refusal.message, "ingress stream refused");
+    let _ = frame::write_frame(&mut send, refusal, MAX_OPEN_RESPONSE_LEN).await;
+    let _ = send.finish();
+    let _ = recv.stop(quic::code::STREAM_FAILED);
+    // Wait for the peer to take the answer, so that it is not lost to a reset.
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}
