@@ -192,15 +192,7 @@ where
     request.caller_identity = caller.to_string();
 
     let unreachable = |message: String| open::refusal(OpenStatus::Unreachable, message);
-    let link = links
-        .connection(&cluster)
-        .await
-        .map_err(|error: LinkError| unreachable(error.to_string()))?;
-    let (mut send, mut recv) = link.connection.open_bi().await.map_err(|error| {
-        unreachable(format!(
-            "cluster {cluster:?}: cannot open a stream: {error}"
-        ))
-    })?;
+    let (mut send, mut recv) = open_stream(links, &cluster).await.map_err(unreachable)?;
     let header = StreamHeader {
         kind: Some(stream_header::Kind::Open(request)),
     };
@@ -228,6 +220,33 @@ where
     } else {
         let _ = send.reset(quic::code::STREAM_FAILED);
         Ok((response, None))
+    }
+}
+
+/// A new stream on the cluster's connection. A connection that turns out closed when the
+/// stream is opened (the remote gateway restarted, say) is replaced once.
+async fn open_stream(
+    links: &LinkTable,
+    cluster: &str,
+) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    let mut retried = false;
+    loop {
+        let link = links
+            .connection(cluster)
+            .await
+            .map_err(|error: LinkError| error.to_string())?;
+        match link.connection.open_bi().await {
+            Ok(streams) => return Ok(streams),
+            Err(error) if retried => {
+                return Err(format!(
+                    "cluster {cluster:?}: cannot open a stream: {error}"
+                ));
+            }
+            Err(error) => {
+                tracing::debug!(cluster, %error, "link connection lost; reconnecting");
+                retried = true;
+            }
+        }
     }
 }
 

@@ -95,7 +95,11 @@ impl Ingress {
     pub(crate) async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint, mut watch: drain::Watch) {
         loop {
             let incoming = tokio::select! {
-                () = watch.signaled() => return,
+                () = watch.signaled() => {
+                    // New connections are refused from now on; running ones drain.
+                    endpoint.set_server_config(None);
+                    return;
+                }
                 incoming = endpoint.accept() => incoming,
             };
             let Some(incoming) = incoming else { return };
@@ -135,7 +139,9 @@ impl Ingress {
         loop {
             let accepted = tokio::select! {
                 () = watch.signaled() => {
-                    connection.close(quic::code::SHUTDOWN, b"shutting down");
+                    // No new tunnels; the open ones keep the connection until they end or the
+                    // gateway's drain deadline closes the endpoint.
+                    connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(0));
                     return;
                 }
                 accepted = connection.accept_bi() => accepted,
