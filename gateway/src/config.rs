@@ -17,6 +17,8 @@ use mesh_trust::tls::CertResolver;
 use mesh_trust::{SharedTrustBundles, SpiffeId, TrustDomain};
 use tokio::sync::watch;
 
+use crate::metrics::GatewayMetrics;
+
 /// The service account every gateway runs as: a gateway's identity is
 /// `spiffe://<trust domain>/ns/<mesh namespace>/sa/mesh-gateway` (see [`gateway_identity`]).
 pub const GATEWAY_SERVICE_ACCOUNT: &str = "mesh-gateway";
@@ -133,6 +135,10 @@ pub struct GatewayConfig {
     pub max_streams_per_connection: u32,
     /// Egress connections served at once; more are closed at once.
     pub max_egress_connections: usize,
+    /// Where the gateway counts tunnels, bytes and link state.
+    pub metrics: GatewayMetrics,
+    /// How often link state (RTT, loss, connected) is sampled into the metrics.
+    pub sample_interval: Duration,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -150,7 +156,8 @@ impl std::fmt::Debug for GatewayConfig {
 
 impl GatewayConfig {
     /// A configuration with the default ports' inbound port (4143), timeouts, backoff, balancer
-    /// and limits (1,024 streams per connection, 10,000 egress connections).
+    /// and limits (1,024 streams per connection, 10,000 egress connections), fresh metrics, and
+    /// link state sampled every 5 s.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cluster: impl Into<String>,
@@ -177,6 +184,8 @@ impl GatewayConfig {
             balance: BalanceConfig::default(),
             max_streams_per_connection: 1024,
             max_egress_connections: 10_000,
+            metrics: GatewayMetrics::new(),
+            sample_interval: Duration::from_secs(5),
         }
     }
 

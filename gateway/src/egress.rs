@@ -29,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{GatewayConfig, Timeouts};
 use crate::links::{LinkError, LinkTable};
+use crate::metrics::{Direction, UNKNOWN_CLUSTER};
 use crate::open::{self, BadRequest, MAX_OPEN_REQUEST_LEN, MAX_OPEN_RESPONSE_LEN, StreamRequest};
 use crate::quic;
 
@@ -131,13 +132,18 @@ async fn serve_connection(
         ));
     };
 
+    let metrics = links.metrics();
+    // The cluster's name once it is known to be linked: a name from the network never becomes
+    // a label.
+    let mut label = UNKNOWN_CLUSTER.to_owned();
     let opened = tokio::select! {
-        opened = timeout_at(deadline, open_remote(&mut stream, &caller, links)) => opened,
+        opened = timeout_at(deadline, open_remote(&mut stream, &caller, links, &mut label)) => opened,
         () = watch.signaled() => return Ok(()),
     };
     let (response, remote) = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(refusal)) => {
+            metrics.stream(&label, Direction::Egress, status_of(&refusal));
             let reason = refusal.message.clone();
             answer(&mut stream, &refusal).await?;
             let _ = stream.shutdown().await;
@@ -148,10 +154,12 @@ async fn serve_connection(
                 OpenStatus::Unreachable,
                 format!("the tunnel was not open within {:?}", timeouts.open),
             );
+            metrics.stream(&label, Direction::Egress, OpenStatus::Unreachable);
             let _ = answer(&mut stream, &refusal).await;
             return Err(EgressError::Timeout);
         }
     };
+    metrics.stream(&label, Direction::Egress, status_of(&response));
     answer(&mut stream, &response).await?;
     let Some(mut remote) = remote else {
         let _ = stream.shutdown().await;
@@ -160,9 +168,20 @@ async fn serve_connection(
     // Draining lets running tunnels finish; the gateway cuts them at its drain deadline.
     let _retain = watch.retain();
     drop(watch);
-    let transferred = splice(&mut stream, &mut remote, timeouts.tunnel_idle).await?;
+    let open = metrics.open_stream(&label, Direction::Egress);
+    let result = splice(&mut stream, &mut remote, timeouts.tunnel_idle).await;
+    let transferred = match &result {
+        Ok(transferred) => *transferred,
+        Err(error) => error.transferred(),
+    };
+    open.transferred(transferred.a_to_b, transferred.b_to_a);
     tracing::debug!(%caller, ?transferred, "egress tunnel done");
-    Ok(())
+    result.map(|_| ()).map_err(EgressError::from)
+}
+
+/// The status an open response carries, as a metrics label.
+fn status_of(response: &TunnelOpenResponse) -> OpenStatus {
+    OpenStatus::try_from(response.status).unwrap_or(OpenStatus::Unspecified)
 }
 
 type QuicStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
@@ -173,6 +192,7 @@ async fn open_remote<S>(
     stream: &mut S,
     caller: &SpiffeId,
     links: &LinkTable,
+    label: &mut String,
 ) -> Result<(TunnelOpenResponse, Option<QuicStream>), TunnelOpenResponse>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -190,6 +210,9 @@ where
     let cluster = open::target_cluster(&request).map_err(bad)?.to_owned();
     // The caller is who the handshake proved, whatever the request says.
     request.caller_identity = caller.to_string();
+    if links.is_linked(&cluster) {
+        label.clone_from(&cluster);
+    }
 
     let unreachable = |message: String| open::refusal(OpenStatus::Unreachable, message);
     let (mut send, mut recv) = open_stream(links, &cluster).await.map_err(unreachable)?;

@@ -121,6 +121,11 @@ impl Gateway {
         self.quic_addr
     }
 
+    /// The gateway's metrics, for an admin server's `/metrics`.
+    pub fn metrics(&self) -> &crate::metrics::GatewayMetrics {
+        &self.config.metrics
+    }
+
     /// The bound egress address.
     pub fn egress_addr(&self) -> SocketAddr {
         self.egress_addr
@@ -136,7 +141,7 @@ impl Gateway {
             ..
         } = self;
         let timeouts = config.timeouts;
-        let links = Arc::new(LinkTable::new(
+        let links: Arc<LinkTable> = Arc::new(LinkTable::new(
             endpoint.clone(),
             config.links.clone(),
             config.bundles.clone(),
@@ -144,6 +149,7 @@ impl Gateway {
             timeouts.connect,
             timeouts.quic_idle,
             config.reconnect,
+            config.metrics.clone(),
         ));
         let ingress = Arc::new(Ingress::new(
             config.cluster.clone(),
@@ -153,17 +159,29 @@ impl Gateway {
             config.inbound_port,
             timeouts,
             config.balance,
+            config.metrics.clone(),
         ));
         let (drain, watch) = drain::channel();
         tokio::spawn(egress::serve(
             egress,
             acceptor,
-            links,
+            links.clone(),
             timeouts,
             config.max_egress_connections,
             watch.clone(),
         ));
         tokio::spawn(ingress.serve(endpoint.clone(), watch));
+        let sampler = {
+            let (links, interval) = (links.clone(), config.sample_interval);
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    links.sample();
+                }
+            })
+        };
 
         shutdown.await;
         tracing::info!(deadline = ?timeouts.drain, "gateway draining");
@@ -173,6 +191,7 @@ impl Gateway {
         {
             tracing::info!("drain deadline passed; closing open tunnels");
         }
+        sampler.abort();
         endpoint.close(quic::code::SHUTDOWN, b"gateway shutting down");
         endpoint.wait_idle().await;
     }

@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use crate::config::{ExportWatch, LinkWatch, Timeouts};
+use crate::metrics::{Direction, GatewayMetrics};
 use crate::open::{self, BadRequest, MAX_OPEN_REQUEST_LEN, MAX_OPEN_RESPONSE_LEN, StreamRequest};
 use crate::quic;
 
@@ -48,6 +49,7 @@ pub(crate) struct Ingress {
     pub(crate) inbound_port: u16,
     pub(crate) timeouts: Timeouts,
     pub(crate) balance: BalanceConfig,
+    metrics: GatewayMetrics,
     services: Mutex<HashMap<String, Service>>,
 }
 
@@ -78,8 +80,10 @@ impl Ingress {
         inbound_port: u16,
         timeouts: Timeouts,
         balance: BalanceConfig,
+        metrics: GatewayMetrics,
     ) -> Self {
         Self {
+            metrics,
             cluster,
             links,
             exports,
@@ -191,7 +195,11 @@ impl Ingress {
                 return;
             }
             Ok(StreamRequest::Open(request)) => request,
-            Err(refusal) => return refuse(send, recv, &refusal, from).await,
+            Err(refusal) => {
+                self.metrics
+                    .stream(from, Direction::Ingress, OpenStatus::BadRequest);
+                return refuse(send, recv, &refusal, from).await;
+            }
         };
 
         let opened = match timeout_at(deadline, self.open(&request)).await {
@@ -208,6 +216,9 @@ impl Ingress {
         } = opened
         else {
             if let Opened::Refused(refusal) = opened {
+                let status =
+                    OpenStatus::try_from(refusal.status).unwrap_or(OpenStatus::Unspecified);
+                self.metrics.stream(from, Direction::Ingress, status);
                 refuse(send, recv, &refusal, from).await;
             }
             return;
@@ -226,9 +237,18 @@ impl Ingress {
             %endpoint,
             "ingress tunnel open"
         );
+        self.metrics
+            .stream(from, Direction::Ingress, OpenStatus::Ok);
+        let open = self.metrics.open_stream(from, Direction::Ingress);
         let mut stream = tokio::io::join(recv, send);
         let result = splice(&mut stream, &mut upstream, self.timeouts.tunnel_idle).await;
         in_flight.finish(Instant::now());
+        let transferred = match &result {
+            Ok(transferred) => *transferred,
+            Err(error) => error.transferred(),
+        };
+        // `a` is the QUIC stream: what it gave went to the endpoint, away from the remote side.
+        open.transferred(transferred.b_to_a, transferred.a_to_b);
         if let Err(error) = result {
             tracing::debug!(from, %endpoint, %error, "ingress tunnel broke");
         }

@@ -29,6 +29,7 @@ pub mod egress;
 pub mod gateway;
 pub mod ingress;
 pub mod links;
+pub mod metrics;
 pub mod open;
 pub mod quic;
 

@@ -22,6 +22,7 @@ use mesh_trust::{SharedTrustBundles, SpiffeId};
 use tokio::time::{Instant, timeout};
 
 use crate::config::{Link, LinkWatch};
+use crate::metrics::{ConnectReason, GatewayMetrics};
 use crate::quic;
 
 /// Why no connection to a cluster is available.
@@ -63,6 +64,7 @@ pub struct LinkTable {
     connect_timeout: Duration,
     quic_idle: Duration,
     reconnect: ReconnectBackoff,
+    metrics: GatewayMetrics,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
@@ -75,6 +77,8 @@ struct Slot {
     backoff: Backoff,
     /// When the last attempt failed: the next may start at `retry_at`.
     failed: Option<(String, Instant)>,
+    /// The connection's lost packets at the last sample.
+    lost_seen: u64,
 }
 
 /// A live connection to a linked gateway.
@@ -88,6 +92,7 @@ pub struct LinkConnection {
 
 impl LinkTable {
     /// A table that connects from `endpoint`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         endpoint: quinn::Endpoint,
         links: LinkWatch,
@@ -96,8 +101,10 @@ impl LinkTable {
         connect_timeout: Duration,
         quic_idle: Duration,
         reconnect: ReconnectBackoff,
+        metrics: GatewayMetrics,
     ) -> Self {
         Self {
+            metrics,
             endpoint,
             links,
             bundles,
@@ -136,6 +143,7 @@ impl LinkTable {
                         connection: None,
                         backoff: Backoff::new(self.reconnect),
                         failed: None,
+                        lost_seen: 0,
                     }))
                 })
                 .clone()
@@ -175,6 +183,7 @@ impl LinkTable {
             Ok(connection) => {
                 slot.backoff.reset();
                 slot.failed = None;
+                slot.lost_seen = 0;
                 slot.connection = Some(connection.clone());
                 Ok(LinkConnection {
                     connection,
@@ -193,6 +202,67 @@ impl LinkTable {
         }
     }
 
+    /// The metrics the table and its users record into.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
+    /// Whether a current Link names `cluster`.
+    pub fn is_linked(&self, cluster: &str) -> bool {
+        self.links
+            .borrow()
+            .iter()
+            .any(|link| link.cluster == cluster)
+    }
+
+    /// Records each link's state into the metrics, and drops the connections of removed links.
+    /// A cluster whose connection is being set up right now is skipped until the next sample.
+    pub fn sample(&self) {
+        let linked: Vec<String> = self
+            .links
+            .borrow()
+            .iter()
+            .map(|l| l.cluster.clone())
+            .collect();
+        let slots: Vec<(String, Arc<tokio::sync::Mutex<Slot>>)> = {
+            let mut slots = self
+                .slots
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            slots.retain(|cluster, slot| {
+                let keep = linked.contains(cluster);
+                if !keep {
+                    if let Ok(slot) = slot.try_lock() {
+                        if let Some(connection) = &slot.connection {
+                            connection.close(quic::code::SHUTDOWN, b"link removed");
+                        }
+                    }
+                    self.metrics.forget_link(cluster);
+                }
+                keep
+            });
+            slots.iter().map(|(c, s)| (c.clone(), s.clone())).collect()
+        };
+        for (cluster, slot) in slots {
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            let live = slot
+                .connection
+                .as_ref()
+                .filter(|c| c.close_reason().is_none());
+            match live.map(quinn::Connection::stats) {
+                Some(stats) => {
+                    let newly_lost = stats.path.lost_packets.saturating_sub(slot.lost_seen);
+                    slot.lost_seen = stats.path.lost_packets;
+                    self.metrics
+                        .link(&cluster, Some(stats.path.rtt), newly_lost);
+                }
+                None => self.metrics.link(&cluster, None, 0),
+            }
+        }
+    }
+
     /// One attempt: each address in turn, until one handshake succeeds.
     async fn connect(&self, link: &Link) -> Result<quinn::Connection, String> {
         let config = quic::client_config(
@@ -201,21 +271,22 @@ impl LinkTable {
             link,
             self.quic_idle,
         )
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| {
+            self.metrics.connect_error(ConnectReason::Config);
+            error.to_string()
+        })?;
         let mut failures = Vec::new();
         for host in &link.addresses {
-            let addrs: Vec<SocketAddr> = match timeout(
-                self.connect_timeout,
-                tokio::net::lookup_host((host.as_str(), link.port)),
-            )
-            .await
-            {
+            let resolve = tokio::net::lookup_host((host.as_str(), link.port));
+            let addrs: Vec<SocketAddr> = match timeout(self.connect_timeout, resolve).await {
                 Ok(Ok(addrs)) => addrs.collect(),
                 Ok(Err(error)) => {
+                    self.metrics.connect_error(ConnectReason::Resolve);
                     failures.push(format!("{host}: cannot resolve: {error}"));
                     continue;
                 }
                 Err(_) => {
+                    self.metrics.connect_error(ConnectReason::Resolve);
                     failures.push(format!("{host}: resolving timed out"));
                     continue;
                 }
@@ -226,7 +297,10 @@ impl LinkTable {
                         tracing::info!(cluster = %link.cluster, %addr, "connected to linked gateway");
                         return Ok(connection);
                     }
-                    Err(error) => failures.push(format!("{addr}: {error}")),
+                    Err((reason, error)) => {
+                        self.metrics.connect_error(reason);
+                        failures.push(format!("{addr}: {error}"));
+                    }
                 }
             }
         }
@@ -241,24 +315,32 @@ impl LinkTable {
         link: &Link,
         config: quinn::ClientConfig,
         addr: SocketAddr,
-    ) -> Result<quinn::Connection, String> {
+    ) -> Result<quinn::Connection, (ConnectReason, String)> {
+        let started = Instant::now();
         // The mesh verifier checks the SPIFFE ID, not the name; an IP address sends no SNI.
         let connecting = self
             .endpoint
             .connect_with(config, addr, &addr.ip().to_string())
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| (ConnectReason::Handshake, error.to_string()))?;
         let connection = timeout(self.connect_timeout, connecting)
             .await
-            .map_err(|_| format!("handshake timed out after {:?}", self.connect_timeout))?
-            .map_err(|error| format!("handshake failed: {error}"))?;
+            .map_err(|_| {
+                let message = format!("handshake timed out after {:?}", self.connect_timeout);
+                (ConnectReason::Timeout, message)
+            })?
+            .map_err(|error| {
+                (
+                    ConnectReason::Handshake,
+                    format!("handshake failed: {error}"),
+                )
+            })?;
         let found = quic::peer_identity(&connection);
         if found.as_ref() != Some(&link.gateway_identity) {
             connection.close(quic::code::FORBIDDEN, b"wrong identity");
-            return Err(format!(
-                "presented {found:?}, expected {}",
-                link.gateway_identity
-            ));
+            let message = format!("presented {found:?}, expected {}", link.gateway_identity);
+            return Err((ConnectReason::Identity, message));
         }
+        self.metrics.handshake(started.elapsed());
         Ok(connection)
     }
 }

@@ -19,6 +19,7 @@ use mesh_api::ports::{ALPN_GATEWAY, ALPN_OPAQUE, ALPN_TUNNEL};
 use mesh_api::tunnel::{
     OpenStatus, Probe, ProbeResponse, StreamHeader, TunnelOpen, TunnelOpenResponse, stream_header,
 };
+use mesh_gateway::metrics::GatewayMetrics;
 use mesh_gateway::{Gateway, GatewayConfig, Link, Timeouts, gateway_identity};
 use mesh_proxy::discovery::{Resolve, StaticDiscovery, TunnelMeta};
 use mesh_proxy::drain;
@@ -115,6 +116,8 @@ struct World {
     east_gw: RunningGateway,
     east_config: GatewayConfig,
     links_west: watch::Sender<Vec<Link>>,
+    west_metrics: GatewayMetrics,
+    east_metrics: GatewayMetrics,
     events: mpsc::UnboundedReceiver<InboundEvent>,
     _inbound_drain: drain::Drain,
     _exports: watch::Sender<BTreeSet<String>>,
@@ -195,6 +198,8 @@ impl World {
             west_discovery,
         );
         west_config.timeouts = test_timeouts();
+        west_config.sample_interval = Duration::from_millis(50);
+        let west_metrics = west_config.metrics.clone();
         let west_gw = RunningGateway::start(west_config).await;
 
         let (east_links_tx, east_links) = watch::channel(vec![link("west", &west, west_gw.quic)]);
@@ -210,6 +215,7 @@ impl World {
         );
         east_config.inbound_port = inbound_port;
         east_config.timeouts = test_timeouts();
+        let east_metrics = east_config.metrics.clone();
         let east_gw = RunningGateway::start(east_config.clone()).await;
         links_west.send_replace(vec![link("east", &east, east_gw.quic)]);
 
@@ -228,6 +234,8 @@ impl World {
             east_gw,
             east_config,
             links_west,
+            west_metrics,
+            east_metrics,
             events,
             _inbound_drain: inbound_drain,
             _exports: exports_tx,
@@ -334,6 +342,22 @@ impl World {
     }
 }
 
+/// Waits until `metrics` show `line`.
+async fn shows(metrics: &GatewayMetrics, line: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = metrics.encode();
+        if text.contains(line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never showed {line}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Writes `payload` into a tunnel, half-closes, and reads the echo.
 async fn echo(stream: &mut TunnelStream, payload: &[u8]) -> Vec<u8> {
     stream.write_all(payload).await.unwrap();
@@ -369,6 +393,42 @@ async fn a_tunnel_crosses_both_gateways_and_the_destination_sees_the_west_caller
     // A second tunnel reuses the warm link.
     let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
     assert_eq!(echo(&mut stream, b"again").await, b"again");
+
+    let (west, east) = (&world.west_metrics, &world.east_metrics);
+    shows(
+        west,
+        r#"gateway_streams_total{remote_cluster="east",direction="egress",status="ok"} 2"#,
+    )
+    .await;
+    shows(
+        east,
+        r#"gateway_streams_total{remote_cluster="west",direction="ingress",status="ok"} 2"#,
+    )
+    .await;
+    shows(
+        west,
+        r#"gateway_open_streams{remote_cluster="east",direction="egress"} 0"#,
+    )
+    .await;
+    shows(
+        east,
+        r#"gateway_open_streams{remote_cluster="west",direction="ingress"} 0"#,
+    )
+    .await;
+    shows(west, r#"gateway_link_connected{remote_cluster="east"} 1"#).await;
+    shows(west, "gateway_quic_rtt_ms{remote_cluster=\"east\"}").await;
+    shows(west, "gateway_handshake_latency_ms_count 1").await;
+    // The payload went out and came back, each way more than its own size (TLS records).
+    let text = west.encode();
+    let bytes = |flow: &str| -> u64 {
+        let prefix = format!(
+            "gateway_bytes_total{{remote_cluster=\"east\",direction=\"egress\",flow=\"{flow}\"}} "
+        );
+        let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap();
+        line[prefix.len()..].parse().unwrap()
+    };
+    assert!(bytes("to_remote") > 256 * 1024, "{text}");
+    assert!(bytes("from_remote") > 256 * 1024, "{text}");
 }
 
 #[tokio::test]
@@ -382,6 +442,11 @@ async fn services_that_are_not_exported_or_have_no_endpoints_are_refused() {
     assert_eq!(refusal, Refusal::NotExported, "{message}");
     let (refusal, message) = world.refusal("east", EMPTY).await;
     assert_eq!(refusal, Refusal::NoEndpoints, "{message}");
+    shows(
+        &world.east_metrics,
+        r#"gateway_streams_total{remote_cluster="west",direction="ingress",status="not_exported"} 2"#,
+    )
+    .await;
     // The link still works afterwards.
     let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
     assert_eq!(echo(&mut stream, b"ok").await, b"ok");
@@ -393,6 +458,13 @@ async fn an_unknown_cluster_is_unreachable() {
     let (refusal, message) = world.refusal("south", ECHO).await;
     assert_eq!(refusal, Refusal::Unreachable);
     assert!(message.contains("south"), "{message}");
+    // The name came from the network: it never becomes a label.
+    shows(
+        &world.west_metrics,
+        r#"gateway_streams_total{remote_cluster="unknown",direction="egress",status="unreachable"} 1"#,
+    )
+    .await;
+    assert!(!world.west_metrics.encode().contains("south"));
 }
 
 #[tokio::test]
