@@ -144,6 +144,10 @@ fn gateway_creds(domain: &Domain) -> WorkloadCredentials {
 
 impl World {
     async fn start() -> Self {
+        Self::start_with(test_timeouts()).await
+    }
+
+    async fn start_with(timeouts: Timeouts) -> Self {
         let west = Domain::new("west.local");
         let east = Domain::new("east.local");
         let bundles = bundles(&[&west, &east]);
@@ -197,7 +201,7 @@ impl World {
             west_exports,
             west_discovery,
         );
-        west_config.timeouts = test_timeouts();
+        west_config.timeouts = timeouts;
         west_config.sample_interval = Duration::from_millis(50);
         let west_metrics = west_config.metrics.clone();
         let west_gw = RunningGateway::start(west_config).await;
@@ -214,7 +218,7 @@ impl World {
             discovery,
         );
         east_config.inbound_port = inbound_port;
-        east_config.timeouts = test_timeouts();
+        east_config.timeouts = timeouts;
         let east_metrics = east_config.metrics.clone();
         let east_gw = RunningGateway::start(east_config.clone()).await;
         links_west.send_replace(vec![link("east", &east, east_gw.quic)]);
@@ -266,6 +270,15 @@ impl World {
         cluster: &str,
         authority: &str,
     ) -> Result<(TunnelStream, SpiffeId), TunnelError> {
+        self.connect_within(cluster, authority, TIMEOUT).await
+    }
+
+    async fn connect_within(
+        &self,
+        cluster: &str,
+        authority: &str,
+        timeout: Duration,
+    ) -> Result<(TunnelStream, SpiffeId), TunnelError> {
         connect_tunnelled(
             &self.client_tls,
             &self.client,
@@ -273,7 +286,7 @@ impl World {
             None,
             ALPN_OPAQUE,
             &self.header(authority),
-            TIMEOUT,
+            timeout,
         )
         .await
     }
@@ -680,4 +693,57 @@ async fn tunnels_work_again_after_the_remote_gateway_restarts() {
         errors <= 5,
         "{errors} failed tunnels before the link came back"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_tunnels_complete_and_leave_nothing_open() {
+    const TUNNELS: usize = 1000;
+    // Two TLS handshakes per tunnel on each side, a thousand at once, on a small debug build:
+    // the deadlines are for hangs, not for speed.
+    let patient = Duration::from_secs(60);
+    let world = Arc::new(
+        World::start_with(Timeouts {
+            open: patient,
+            connect: patient,
+            ..test_timeouts()
+        })
+        .await,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..TUNNELS {
+        let world = world.clone();
+        tasks.spawn(async move {
+            let payload = format!("tunnel {i}").into_bytes();
+            let (mut stream, _) = world.connect_within("east", ECHO, patient).await?;
+            let echoed = echo(&mut stream, &payload).await;
+            assert_eq!(echoed, payload);
+            Ok::<_, TunnelError>(())
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        if let Err(error) = result.unwrap() {
+            failed.push(error.to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let ok = format!(
+        r#"gateway_streams_total{{remote_cluster="east",direction="egress",status="ok"}} {TUNNELS}"#
+    );
+    shows(&world.west_metrics, &ok).await;
+    shows(
+        &world.west_metrics,
+        r#"gateway_open_streams{remote_cluster="east",direction="egress"} 0"#,
+    )
+    .await;
+    shows(
+        &world.east_metrics,
+        r#"gateway_open_streams{remote_cluster="west",direction="ingress"} 0"#,
+    )
+    .await;
 }
