@@ -170,6 +170,9 @@ async fn serve_connection(
     drop(watch);
     let open = metrics.open_stream(&label, Direction::Egress);
     let result = splice(&mut stream, &mut remote, timeouts.tunnel_idle).await;
+    if result.is_ok() {
+        quic::delivered(remote.writer()).await;
+    }
     let transferred = match &result {
         Ok(transferred) => *transferred,
         Err(error) => error.transferred(),

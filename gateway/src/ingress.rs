@@ -243,6 +243,9 @@ impl Ingress {
         let mut stream = tokio::io::join(recv, send);
         let result = splice(&mut stream, &mut upstream, self.timeouts.tunnel_idle).await;
         in_flight.finish(Instant::now());
+        if result.is_ok() {
+            quic::delivered(stream.writer()).await;
+        }
         let transferred = match &result {
             Ok(transferred) => *transferred,
             Err(error) => error.transferred(),

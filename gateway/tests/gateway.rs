@@ -92,10 +92,15 @@ impl RunningGateway {
         }
     }
 
-    async fn stop(mut self) {
+    /// Tells the gateway to shut down, without waiting.
+    fn signal(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    async fn stop(mut self) {
+        self.signal();
         tokio::time::timeout(PATIENCE, &mut self.task)
             .await
             .expect("the gateway stopped in time")
@@ -148,6 +153,11 @@ impl World {
     }
 
     async fn start_with(timeouts: Timeouts) -> Self {
+        Self::start_tuned(timeouts, |_| {}).await
+    }
+
+    /// Starts the world with `tune` applied to east's gateway configuration.
+    async fn start_tuned(timeouts: Timeouts, tune: impl FnOnce(&mut GatewayConfig)) -> Self {
         let west = Domain::new("west.local");
         let east = Domain::new("east.local");
         let bundles = bundles(&[&west, &east]);
@@ -219,6 +229,7 @@ impl World {
         );
         east_config.inbound_port = inbound_port;
         east_config.timeouts = timeouts;
+        tune(&mut east_config);
         let east_metrics = east_config.metrics.clone();
         let east_gw = RunningGateway::start(east_config.clone()).await;
         links_west.send_replace(vec![link("east", &east, east_gw.quic)]);
@@ -746,4 +757,62 @@ async fn many_concurrent_tunnels_complete_and_leave_nothing_open() {
         r#"gateway_open_streams{remote_cluster="west",direction="ingress"} 0"#,
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_connection_carries_at_most_its_stream_limit() {
+    let world = World::start_tuned(
+        Timeouts {
+            open: Duration::from_millis(500),
+            ..test_timeouts()
+        },
+        |east| east.max_streams_per_connection = 1,
+    )
+    .await;
+    let (mut first, _) = world.connect("east", ECHO).await.unwrap();
+    // The one stream east grants is taken: the next tunnel waits for it, then gives up.
+    let (refusal, message) = world.refusal("east", ECHO).await;
+    assert_eq!(refusal, Refusal::Unreachable, "{message}");
+    assert_eq!(echo(&mut first, b"first").await, b"first");
+    drop(first);
+    // The stream is back once the first tunnel is over.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut next = loop {
+        match world.connect("east", ECHO).await {
+            Ok((stream, _)) => break stream,
+            Err(error) => {
+                assert!(tokio::time::Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(echo(&mut next, b"next").await, b"next");
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_tunnels_and_lets_open_ones_finish() {
+    let mut world = World::start_tuned(
+        Timeouts {
+            open: Duration::from_millis(500),
+            drain: PATIENCE,
+            ..test_timeouts()
+        },
+        |_| {},
+    )
+    .await;
+    let (mut open, _) = world.connect("east", ECHO).await.unwrap();
+    world.east_gw.signal();
+    // Give the drain signal time to reach the accept loops.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (refusal, message) = world.refusal("east", ECHO).await;
+    assert_eq!(refusal, Refusal::Unreachable, "{message}");
+    assert!(!world.east_gw.task.is_finished());
+    // The tunnel opened before the shutdown still works, and its end lets the gateway stop
+    // well before the drain deadline.
+    assert_eq!(echo(&mut open, b"finishing").await, b"finishing");
+    drop(open);
+    tokio::time::timeout(PATIENCE / 2, &mut world.east_gw.task)
+        .await
+        .expect("the gateway stopped once its last tunnel ended")
+        .unwrap();
 }
