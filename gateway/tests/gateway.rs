@@ -816,3 +816,19 @@ async fn shutdown_refuses_new_tunnels_and_lets_open_ones_finish() {
         .expect("the gateway stopped once its last tunnel ended")
         .unwrap();
 }
+
+#[tokio::test]
+async fn link_addresses_are_resolved_and_tried_in_turn() {
+    let world = World::start().await;
+    let mut east = link("east", &world.east, world.east_gw.quic);
+    // A name that never resolves, then a host name for the gateway's address.
+    east.addresses = vec!["gateway.invalid".into(), "localhost".into()];
+    world.links_west.send_replace(vec![east]);
+    let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(echo(&mut stream, b"by name").await, b"by name");
+    shows(
+        &world.west_metrics,
+        r#"gateway_connect_errors_total{reason="resolve"} 1"#,
+    )
+    .await;
+}
