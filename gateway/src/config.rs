@@ -115,6 +115,9 @@ pub struct GatewayConfig {
     pub quic_addr: SocketAddr,
     /// The egress port (TCP), ALPN `mesh.tunnel`.
     pub egress_addr: SocketAddr,
+    /// The admin port (TCP, HTTP/1): `/metrics`, `/live`, `/ready`, `/links`; `None` serves no
+    /// admin port.
+    pub admin_addr: Option<SocketAddr>,
     /// The linked clusters.
     pub links: LinkWatch,
     /// The exported services.
@@ -175,6 +178,7 @@ impl GatewayConfig {
             bundles,
             quic_addr,
             egress_addr,
+            admin_addr: None,
             links,
             exports,
             discovery,

@@ -8,11 +8,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use mesh_proxy::drain;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::{self, AdminState};
 use crate::config::GatewayConfig;
 use crate::egress;
 use crate::ingress::Ingress;
@@ -37,6 +39,14 @@ pub enum BindError {
         /// The error.
         source: std::io::Error,
     },
+    /// The admin port could not be bound.
+    #[error("cannot bind the admin port {addr}/tcp: {source}")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The egress port could not be bound.
     #[error("cannot bind the egress port {addr}/tcp: {source}")]
     EgressBind {
@@ -52,6 +62,7 @@ pub struct Gateway {
     config: GatewayConfig,
     endpoint: quinn::Endpoint,
     egress: TcpListener,
+    admin: Option<TcpListener>,
     acceptor: TlsAcceptor,
     quic_addr: SocketAddr,
     egress_addr: SocketAddr,
@@ -106,10 +117,19 @@ impl Gateway {
                 addr: config.egress_addr,
                 source,
             })?;
+        let admin = match config.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| BindError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             config,
             endpoint,
             egress,
+            admin,
             acceptor,
             quic_addr,
             egress_addr,
@@ -131,12 +151,20 @@ impl Gateway {
         self.egress_addr
     }
 
+    /// The bound admin address, when there is an admin port.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.local_addr().ok())
+    }
+
     /// Serves both ports until `shutdown` resolves, then drains (see the module doc).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             config,
             endpoint,
             egress,
+            admin,
             acceptor,
             ..
         } = self;
@@ -162,6 +190,19 @@ impl Gateway {
             config.metrics.clone(),
         ));
         let (drain, watch) = drain::channel();
+        // The admin server answers through the drain (`/ready` turns 503) and stops last.
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let ready = Arc::new(AtomicBool::new(true));
+        let admin = admin.map(|listener| {
+            let state = AdminState {
+                metrics: config.metrics.clone(),
+                links: links.clone(),
+                ready: ready.clone(),
+            };
+            tokio::spawn(admin::serve(listener, state, async {
+                let _ = admin_stopped.await;
+            }))
+        });
         tokio::spawn(egress::serve(
             egress,
             acceptor,
@@ -184,6 +225,7 @@ impl Gateway {
         };
 
         shutdown.await;
+        ready.store(false, Ordering::Relaxed);
         tracing::info!(deadline = ?timeouts.drain, "gateway draining");
         if tokio::time::timeout(timeouts.drain, drain.drain())
             .await
@@ -194,5 +236,9 @@ impl Gateway {
         sampler.abort();
         endpoint.close(quic::code::SHUTDOWN, b"gateway shutting down");
         endpoint.wait_idle().await;
+        let _ = admin_stop.send(());
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
     }
 }

@@ -18,12 +18,15 @@
 //!   relayed on a new stream of the link's connection, then bytes are spliced.
 //! - [`ingress`]: streams from linked gateways: tunnels to ready endpoints of exported services
 //!   (chosen by the proxy's balancer) and health probes.
+//! - [`metrics`] and [`admin`]: Prometheus metrics with labels bounded by the link list, and
+//!   the admin server (`/metrics`, `/live`, `/ready`, `/links`).
 //! - [`gateway`]: binding both ports and running them until shutdown.
 //!
 //! A gateway is never an open relay: egress serves only its own trust domain's workloads, the
 //! QUIC port only linked clusters' gateways, and ingress dials only the inbound port of endpoints
 //! discovery lists for an exported service.
 
+pub mod admin;
 pub mod config;
 pub mod egress;
 pub mod gateway;

@@ -81,6 +81,26 @@ struct Slot {
     lost_seen: u64,
 }
 
+/// One link's state, for the admin view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkView {
+    /// The linked cluster.
+    pub cluster: String,
+    /// Its connection, when one is up.
+    pub connection: Option<ConnectionView>,
+}
+
+/// A live link connection's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionView {
+    /// The remote gateway's address.
+    pub remote: SocketAddr,
+    /// The smoothed round-trip time.
+    pub rtt: Duration,
+    /// Packets declared lost over the connection's life.
+    pub lost_packets: u64,
+}
+
 /// A live connection to a linked gateway.
 #[derive(Clone, Debug)]
 pub struct LinkConnection {
@@ -213,6 +233,43 @@ impl LinkTable {
             .borrow()
             .iter()
             .any(|link| link.cluster == cluster)
+    }
+
+    /// Each current link's connection state, in the order of the link list. A link whose
+    /// connection is being set up right now shows as not connected.
+    pub fn view(&self) -> Vec<LinkView> {
+        let clusters: Vec<String> = self
+            .links
+            .borrow()
+            .iter()
+            .map(|l| l.cluster.clone())
+            .collect();
+        let slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        clusters
+            .into_iter()
+            .map(|cluster| {
+                let connection = slots
+                    .get(&cluster)
+                    .and_then(|slot| slot.try_lock().ok())
+                    .and_then(|slot| slot.connection.clone())
+                    .filter(|c| c.close_reason().is_none())
+                    .map(|c| {
+                        let path = c.stats().path;
+                        ConnectionView {
+                            remote: c.remote_address(),
+                            rtt: path.rtt,
+                            lost_packets: path.lost_packets,
+                        }
+                    });
+                LinkView {
+                    cluster,
+                    connection,
+                }
+            })
+            .collect()
     }
 
     /// Records each link's state into the metrics, and drops the connections of removed links.

@@ -72,6 +72,7 @@ fn test_timeouts() -> Timeouts {
 struct RunningGateway {
     quic: SocketAddr,
     egress: SocketAddr,
+    admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -79,7 +80,11 @@ struct RunningGateway {
 impl RunningGateway {
     async fn start(config: GatewayConfig) -> Self {
         let gateway = Gateway::bind(config).await.unwrap();
-        let (quic, egress) = (gateway.quic_addr(), gateway.egress_addr());
+        let (quic, egress, admin) = (
+            gateway.quic_addr(),
+            gateway.egress_addr(),
+            gateway.admin_addr(),
+        );
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(gateway.run(async {
             let _ = stopped.await;
@@ -87,6 +92,7 @@ impl RunningGateway {
         Self {
             quic,
             egress,
+            admin,
             stop: Some(stop),
             task,
         }
@@ -213,6 +219,7 @@ impl World {
         );
         west_config.timeouts = timeouts;
         west_config.sample_interval = Duration::from_millis(50);
+        west_config.admin_addr = Some("127.0.0.1:0".parse().unwrap());
         let west_metrics = west_config.metrics.clone();
         let west_gw = RunningGateway::start(west_config).await;
 
@@ -675,6 +682,7 @@ async fn tunnels_work_again_after_the_remote_gateway_restarts() {
         RunningGateway {
             quic,
             egress: quic,
+            admin: None,
             stop: None,
             task: tokio::spawn(async {}),
         },
@@ -831,4 +839,49 @@ async fn link_addresses_are_resolved_and_tried_in_turn() {
         r#"gateway_connect_errors_total{reason="resolve"} 1"#,
     )
     .await;
+}
+
+/// A GET on an admin server: the status line and the body.
+async fn admin_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, conn.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn the_admin_server_shows_metrics_readiness_and_links() {
+    let world = World::start().await;
+    let admin = world.west_gw.admin.unwrap();
+    let (status, body) = admin_get(admin, "/links").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(body, "east disconnected\n");
+
+    let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(echo(&mut stream, b"hello").await, b"hello");
+    let (_, body) = admin_get(admin, "/links").await;
+    let expected = format!("east connected remote={} rtt_ms=", world.east_gw.quic);
+    assert!(body.starts_with(&expected), "{body}");
+
+    let (status, body) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains(
+            "gateway_streams_total{remote_cluster=\"east\",direction=\"egress\",status=\"ok\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert_eq!(admin_get(admin, "/ready").await.0, "HTTP/1.1 200 OK");
+    assert_eq!(admin_get(admin, "/live").await.0, "HTTP/1.1 200 OK");
+    assert_eq!(
+        admin_get(admin, "/nothing").await.0,
+        "HTTP/1.1 404 Not Found"
+    );
 }
