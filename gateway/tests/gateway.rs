@@ -885,3 +885,56 @@ async fn the_admin_server_shows_metrics_readiness_and_links() {
         "HTTP/1.1 404 Not Found"
     );
 }
+
+/// A QUIC handshake with east's gateway as `creds`, trusting `bundles`.
+async fn quic_handshake(
+    world: &World,
+    bundles: SharedTrustBundles,
+    creds: WorkloadCredentials,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let link = link("east", &world.east, world.east_gw.quic);
+    let config = mesh_gateway::quic::client_config(
+        bundles,
+        Arc::new(CertResolver::new(creds).unwrap()),
+        &link,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connecting = endpoint
+        .connect_with(config, world.east_gw.quic, "127.0.0.1")
+        .unwrap();
+    tokio::time::timeout(PATIENCE, connecting).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_gateway_of_an_unlinked_trust_domain_is_refused_in_the_handshake() {
+    let world = World::start().await;
+    // South has its own root, which east does not trust.
+    let south = Domain::new("south.local");
+    let trusting_all = bundles(&[&world.west, &world.east, &south]);
+    let result = quic_handshake(&world, trusting_all, gateway_creds(&south)).await;
+    match result {
+        Err(_) => {}
+        // TLS 1.3: the client may finish before the server rejects its certificate.
+        Ok(conn) => {
+            let closed = tokio::time::timeout(PATIENCE, conn.closed()).await.unwrap();
+            assert!(
+                !matches!(closed, quinn::ConnectionError::LocallyClosed),
+                "{closed:?}"
+            );
+            assert!(conn.open_bi().await.is_err());
+        }
+    }
+
+    // West's bundle dropped from east's trust, live: west's gateway is refused from then on.
+    world.east_config.bundles.update(world.east.bundle());
+    let result = quic_handshake(&world, world.bundles.clone(), gateway_creds(&world.west)).await;
+    if let Ok(conn) = result {
+        let closed = tokio::time::timeout(PATIENCE, conn.closed()).await.unwrap();
+        assert!(
+            !matches!(closed, quinn::ConnectionError::LocallyClosed),
+            "{closed:?}"
+        );
+    }
+}
