@@ -277,6 +277,11 @@ impl Ingress {
             ))
         };
         if !exported {
+            // A service that stopped being exported loses its watch and its balancer.
+            self.services
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&authority);
             return not_exported();
         }
         let mut watch = self.watch(&authority);

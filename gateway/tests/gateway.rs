@@ -131,7 +131,7 @@ struct World {
     east_metrics: GatewayMetrics,
     events: mpsc::UnboundedReceiver<InboundEvent>,
     _inbound_drain: drain::Drain,
-    _exports: watch::Sender<BTreeSet<String>>,
+    exports: watch::Sender<BTreeSet<String>>,
     _east_links: watch::Sender<Vec<Link>>,
 }
 
@@ -260,7 +260,7 @@ impl World {
             east_metrics,
             events,
             _inbound_drain: inbound_drain,
-            _exports: exports_tx,
+            exports: exports_tx,
             _east_links: east_links_tx,
         }
     }
@@ -937,4 +937,21 @@ async fn a_gateway_of_an_unlinked_trust_domain_is_refused_in_the_handshake() {
             "{closed:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn exports_change_live() {
+    let world = World::start().await;
+    let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(echo(&mut stream, b"exported").await, b"exported");
+    world
+        .exports
+        .send_replace(BTreeSet::from([EMPTY.to_owned()]));
+    let (refusal, message) = world.refusal("east", ECHO).await;
+    assert_eq!(refusal, Refusal::NotExported, "{message}");
+    world
+        .exports
+        .send_replace(BTreeSet::from([ECHO.to_owned()]));
+    let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(echo(&mut stream, b"again").await, b"again");
 }
