@@ -955,3 +955,59 @@ async fn exports_change_live() {
     let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
     assert_eq!(echo(&mut stream, b"again").await, b"again");
 }
+
+/// Random bytes as the first frame, on both ports: every stream ends (answered or closed) and
+/// the gateways keep serving.
+#[tokio::test]
+async fn random_first_frames_end_their_own_stream_only() {
+    use rand::{Rng, SeedableRng};
+    let world = World::start().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6d65_7368);
+    let (mut tunnel, _) = world.connect("east", ECHO).await.unwrap();
+    let conn = world.quic_client(gateway_creds(&world.west)).await;
+
+    let mut inputs = Vec::new();
+    for _ in 0..64 {
+        let len = rng.random_range(0..64);
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        // Half of them start with a plausible small length prefix.
+        if rng.random_bool(0.5) && !bytes.is_empty() {
+            bytes[0] = rng.random_range(0..64);
+        }
+        inputs.push(bytes);
+    }
+    let ingress = inputs.iter().map(|bytes| {
+        let conn = conn.clone();
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let _ = send.write_all(bytes).await;
+            let _ = send.finish();
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(PATIENCE, AsyncReadExt::read_to_end(&mut recv, &mut sink))
+                .await
+                .expect("an ingress stream was left hanging");
+        }
+    });
+    futures_util::future::join_all(ingress).await;
+
+    let egress = inputs.iter().map(|bytes| {
+        let world = &world;
+        async move {
+            let mut stream = world
+                .egress_client(world.west.creds("client"), ALPN_TUNNEL)
+                .await
+                .unwrap();
+            let _ = stream.write_all(bytes).await;
+            let _ = stream.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut sink))
+                .await
+                .expect("an egress connection was left hanging");
+        }
+    });
+    futures_util::future::join_all(egress).await;
+
+    assert_eq!(echo(&mut tunnel, b"unharmed").await, b"unharmed");
+    let (mut fresh, _) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(echo(&mut fresh, b"fresh").await, b"fresh");
+}
