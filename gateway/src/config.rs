@@ -59,6 +59,14 @@ pub struct Link {
     pub gateway_identity: SpiffeId,
 }
 
+impl Link {
+    /// Whether the link's gateway identity lies in its trust domain. A link that fails this is
+    /// ignored in both directions: it would let one domain's root vouch for another's gateway.
+    pub fn is_consistent(&self) -> bool {
+        self.gateway_identity.trust_domain_str() == self.trust_domain.as_str()
+    }
+}
+
 /// The live list of links.
 pub type LinkWatch = watch::Receiver<Vec<Link>>;
 

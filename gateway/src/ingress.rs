@@ -42,13 +42,13 @@ const CONNECT_ATTEMPTS: usize = 2;
 
 /// What ingress needs, shared by every connection and stream.
 pub(crate) struct Ingress {
-    pub(crate) cluster: String,
-    pub(crate) links: LinkWatch,
-    pub(crate) exports: ExportWatch,
-    pub(crate) discovery: Arc<dyn Resolve>,
-    pub(crate) inbound_port: u16,
-    pub(crate) timeouts: Timeouts,
-    pub(crate) balance: BalanceConfig,
+    cluster: String,
+    links: LinkWatch,
+    exports: ExportWatch,
+    discovery: Arc<dyn Resolve>,
+    inbound_port: u16,
+    timeouts: Timeouts,
+    balance: BalanceConfig,
     metrics: GatewayMetrics,
     services: Mutex<HashMap<String, Service>>,
 }

@@ -32,6 +32,16 @@ pub enum LinkError {
     /// No Link names the cluster.
     #[error("no link to cluster {0:?}: link the cluster first")]
     Unknown(String),
+    /// The Link names a gateway identity outside the cluster's trust domain.
+    #[error(
+        "the link to cluster {cluster:?} names gateway {gateway}, which is outside the link's trust domain: fix the link"
+    )]
+    Inconsistent {
+        /// The cluster.
+        cluster: String,
+        /// The identity the link names.
+        gateway: SpiffeId,
+    },
     /// The last attempt failed and the next is not due yet.
     #[error(
         "the gateway of cluster {cluster:?} is unreachable (last error: {last}); next attempt in {retry_in:?}"
@@ -150,6 +160,12 @@ impl LinkTable {
             .find(|link| link.cluster == cluster)
             .cloned()
             .ok_or_else(|| LinkError::Unknown(cluster.to_owned()))?;
+        if !link.is_consistent() {
+            return Err(LinkError::Inconsistent {
+                cluster: link.cluster,
+                gateway: link.gateway_identity,
+            });
+        }
         let slot = {
             let mut slots = self
                 .slots

@@ -129,7 +129,9 @@ pub fn peer_identity(connection: &quinn::Connection) -> Option<SpiffeId> {
 
 /// The link whose gateway `peer` is, if any: the only peers the QUIC port serves.
 pub fn linked_gateway<'a>(links: &'a [Link], peer: &SpiffeId) -> Option<&'a Link> {
-    links.iter().find(|link| link.gateway_identity == *peer)
+    links
+        .iter()
+        .find(|link| link.is_consistent() && link.gateway_identity == *peer)
 }
 
 #[cfg(test)]
@@ -160,5 +162,10 @@ mod tests {
         // The gateway identity of an unlinked domain.
         let south = SpiffeId::parse("spiffe://south.local/ns/mesh/sa/mesh-gateway").unwrap();
         assert!(linked_gateway(&links, &south).is_none());
+        // A link naming a gateway outside its own trust domain is ignored.
+        let mut odd = link("odd", "odd.local");
+        odd.gateway_identity = south.clone();
+        assert!(!odd.is_consistent());
+        assert!(linked_gateway(&[odd], &south).is_none());
     }
 }
