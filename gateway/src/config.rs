@@ -146,6 +146,10 @@ pub struct GatewayConfig {
     pub max_streams_per_connection: u32,
     /// Egress connections served at once; more are closed at once.
     pub max_egress_connections: usize,
+    /// QUIC connections one linked gateway may hold to this one at once; more are closed with
+    /// [`crate::quic::code::TOO_MANY_CONNECTIONS`]. With the per-connection stream limit, this
+    /// bounds what one linked cluster can take, so that it cannot starve the others.
+    pub max_connections_per_peer: usize,
     /// Where the gateway counts tunnels, bytes and link state.
     pub metrics: GatewayMetrics,
     /// How often link state (RTT, loss, connected) is sampled into the metrics.
@@ -167,7 +171,8 @@ impl std::fmt::Debug for GatewayConfig {
 
 impl GatewayConfig {
     /// A configuration with the default ports' inbound port (4143), timeouts, backoff, balancer
-    /// and limits (1,024 streams per connection, 10,000 egress connections), fresh metrics, and
+    /// and limits (1,024 streams per connection, 4 connections per linked gateway, 10,000 egress
+    /// connections), fresh metrics, and
     /// link state sampled every 5 s.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -196,6 +201,7 @@ impl GatewayConfig {
             balance: BalanceConfig::default(),
             max_streams_per_connection: 1024,
             max_egress_connections: 10_000,
+            max_connections_per_peer: 4,
             metrics: GatewayMetrics::new(),
             sample_interval: Duration::from_secs(5),
         }

@@ -188,6 +188,7 @@ impl Gateway {
             timeouts,
             config.balance,
             config.metrics.clone(),
+            config.max_connections_per_peer,
         ));
         let (drain, watch) = drain::channel();
         // The admin server answers through the drain (`/ready` turns 503) and stops last.

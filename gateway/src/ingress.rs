@@ -50,7 +50,28 @@ pub(crate) struct Ingress {
     timeouts: Timeouts,
     balance: BalanceConfig,
     metrics: GatewayMetrics,
+    max_connections_per_peer: usize,
     services: Mutex<HashMap<String, Service>>,
+    /// Connections held now, per linked gateway.
+    peers: Arc<Mutex<HashMap<SpiffeId, usize>>>,
+}
+
+/// One connection's place in its peer's count, given back when dropped.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<SpiffeId, usize>>>,
+    peer: SpiffeId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = peers.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// One exported service: its discovery watch and its balancer.
@@ -81,9 +102,12 @@ impl Ingress {
         timeouts: Timeouts,
         balance: BalanceConfig,
         metrics: GatewayMetrics,
+        max_connections_per_peer: usize,
     ) -> Self {
         Self {
             metrics,
+            max_connections_per_peer,
+            peers: Arc::new(Mutex::new(HashMap::new())),
             cluster,
             links,
             exports,
@@ -137,6 +161,11 @@ impl Ingress {
         let (Some(peer), Some(cluster)) = (peer, cluster) else {
             tracing::info!(%remote, "refused a QUIC peer that is no linked gateway");
             connection.close(quic::code::FORBIDDEN, b"not a linked gateway");
+            return;
+        };
+        let Some(_slot) = self.peer_slot(&peer) else {
+            tracing::info!(%remote, %peer, limit = self.max_connections_per_peer, "refused a connection over the per-gateway limit");
+            connection.close(quic::code::TOO_MANY_CONNECTIONS, b"too many connections");
             return;
         };
         tracing::info!(%remote, %peer, %cluster, "linked gateway connected");
@@ -255,6 +284,20 @@ impl Ingress {
         if let Err(error) = result {
             tracing::debug!(from, %endpoint, %error, "ingress tunnel broke");
         }
+    }
+
+    /// Takes a connection slot for `peer`, if it has one left.
+    fn peer_slot(&self, peer: &SpiffeId) -> Option<PeerSlot> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let count = peers.entry(peer.clone()).or_insert(0);
+        if *count >= self.max_connections_per_peer {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: self.peers.clone(),
+            peer: peer.clone(),
+        })
     }
 
     /// Chooses an endpoint of the exported service and connects to its proxy.

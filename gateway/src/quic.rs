@@ -33,6 +33,8 @@ pub mod code {
     pub const FORBIDDEN: VarInt = VarInt::from_u32(1);
     /// A stream ended because its tunnel failed (bad header, timeout, relay error).
     pub const STREAM_FAILED: VarInt = VarInt::from_u32(2);
+    /// The peer already holds as many connections as one linked gateway may.
+    pub const TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(3);
 }
 
 /// Why QUIC settings could not be built.

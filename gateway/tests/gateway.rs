@@ -1011,3 +1011,22 @@ async fn random_first_frames_end_their_own_stream_only() {
     let (mut fresh, _) = world.connect("east", ECHO).await.unwrap();
     assert_eq!(echo(&mut fresh, b"fresh").await, b"fresh");
 }
+
+#[tokio::test]
+async fn a_linked_gateway_holds_at_most_its_connection_limit() {
+    let world = World::start_tuned(test_timeouts(), |east| east.max_connections_per_peer = 1).await;
+    // West's link is the one connection west's gateway may hold.
+    let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+    let extra = world.quic_client(gateway_creds(&world.west)).await;
+    let closed = tokio::time::timeout(PATIENCE, extra.closed())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(close) if close.error_code == mesh_gateway::quic::code::TOO_MANY_CONNECTIONS),
+        "{closed:?}"
+    );
+    // The link itself is unharmed.
+    assert_eq!(echo(&mut stream, b"still linked").await, b"still linked");
+    let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(echo(&mut stream, b"and again").await, b"and again");
+}
