@@ -78,6 +78,17 @@ pub type LinkWatch = watch::Receiver<Vec<Link>>;
 /// answered `not-exported` even when discovery knows it.
 pub type ExportWatch = watch::Receiver<BTreeSet<String>>;
 
+/// How gateways talk to each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// One warm QUIC connection per link, a stream per tunnel (UDP).
+    #[default]
+    Quic,
+    /// A TLS connection per tunnel (TCP), as meshes without QUIC do: the same frames and
+    /// checks, for comparing the two on the same code.
+    Tcp,
+}
+
 /// The timeouts of the gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -119,8 +130,10 @@ pub struct GatewayConfig {
     pub certs: Arc<CertResolver>,
     /// The trust bundles: this cluster's and every linked cluster's, updated live.
     pub bundles: SharedTrustBundles,
-    /// The QUIC port (UDP), ALPN `mesh.gw`.
+    /// The port linked gateways connect to, ALPN `mesh.gw`: UDP for QUIC, TCP in TCP mode.
     pub quic_addr: SocketAddr,
+    /// How gateways talk to each other; both ends of a link must agree.
+    pub transport: Transport,
     /// The egress port (TCP), ALPN `mesh.tunnel`.
     pub egress_addr: SocketAddr,
     /// The admin port (TCP, HTTP/1): `/metrics`, `/live`, `/ready`, `/links`; `None` serves no
@@ -190,6 +203,7 @@ impl GatewayConfig {
             certs,
             bundles,
             quic_addr,
+            transport: Transport::Quic,
             egress_addr,
             admin_addr: None,
             links,

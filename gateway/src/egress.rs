@@ -28,10 +28,10 @@ use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{GatewayConfig, Timeouts};
-use crate::links::{LinkError, LinkTable};
+use crate::links::LinkTable;
 use crate::metrics::{Direction, UNKNOWN_CLUSTER};
 use crate::open::{self, BadRequest, MAX_OPEN_REQUEST_LEN, MAX_OPEN_RESPONSE_LEN, StreamRequest};
-use crate::quic;
+use crate::stream::{LinkStream, RemoteStream};
 
 /// The egress TLS: workloads of the gateway's own trust domain only, ALPN `mesh.tunnel`.
 ///
@@ -171,7 +171,7 @@ async fn serve_connection(
     let open = metrics.open_stream(&label, Direction::Egress);
     let result = splice(&mut stream, &mut remote, timeouts.tunnel_idle).await;
     if result.is_ok() {
-        quic::delivered(remote.writer()).await;
+        remote.delivered().await;
     }
     let transferred = match &result {
         Ok(transferred) => *transferred,
@@ -187,8 +187,6 @@ fn status_of(response: &TunnelOpenResponse) -> OpenStatus {
     OpenStatus::try_from(response.status).unwrap_or(OpenStatus::Unspecified)
 }
 
-type QuicStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
-
 /// Reads the open request and relays it. `Ok` holds the remote answer and, when it accepted,
 /// the stream to splice; `Err` holds this gateway's refusal.
 async fn open_remote<S>(
@@ -196,7 +194,7 @@ async fn open_remote<S>(
     caller: &SpiffeId,
     links: &LinkTable,
     label: &mut String,
-) -> Result<(TunnelOpenResponse, Option<QuicStream>), TunnelOpenResponse>
+) -> Result<(TunnelOpenResponse, Option<RemoteStream>), TunnelOpenResponse>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -218,18 +216,18 @@ where
     }
 
     let unreachable = |message: String| open::refusal(OpenStatus::Unreachable, message);
-    let (mut send, mut recv) = open_stream(links, &cluster).await.map_err(unreachable)?;
+    let mut remote = links.open(&cluster).await.map_err(unreachable)?;
     let header = StreamHeader {
         kind: Some(stream_header::Kind::Open(request)),
     };
-    frame::write_frame(&mut send, &header, MAX_OPEN_REQUEST_LEN)
+    frame::write_frame(&mut remote, &header, MAX_OPEN_REQUEST_LEN)
         .await
         .map_err(|error| {
             unreachable(format!(
                 "cluster {cluster:?}: sending the request failed: {error}"
             ))
         })?;
-    let response = frame::read_frame::<TunnelOpenResponse, _>(&mut recv, MAX_OPEN_RESPONSE_LEN)
+    let response = frame::read_frame::<TunnelOpenResponse, _>(&mut remote, MAX_OPEN_RESPONSE_LEN)
         .await
         .map_err(|error| {
             unreachable(format!(
@@ -242,37 +240,11 @@ where
             ))
         })?;
     if open::is_accepted(&response) {
-        Ok((response, Some(tokio::io::join(recv, send))))
+        Ok((response, Some(remote)))
     } else {
-        let _ = send.reset(quic::code::STREAM_FAILED);
+        remote.stop_reading();
+        let _ = remote.shutdown().await;
         Ok((response, None))
-    }
-}
-
-/// A new stream on the cluster's connection. A connection that turns out closed when the
-/// stream is opened (the remote gateway restarted, say) is replaced once.
-async fn open_stream(
-    links: &LinkTable,
-    cluster: &str,
-) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
-    let mut retried = false;
-    loop {
-        let link = links
-            .connection(cluster)
-            .await
-            .map_err(|error: LinkError| error.to_string())?;
-        match link.connection.open_bi().await {
-            Ok(streams) => return Ok(streams),
-            Err(error) if retried => {
-                return Err(format!(
-                    "cluster {cluster:?}: cannot open a stream: {error}"
-                ));
-            }
-            Err(error) => {
-                tracing::debug!(cluster, %error, "link connection lost; reconnecting");
-                retried = true;
-            }
-        }
     }
 }
 

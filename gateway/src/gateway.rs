@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, Transport};
 use crate::egress;
 use crate::ingress::Ingress;
 use crate::links::LinkTable;
@@ -60,12 +60,18 @@ pub enum BindError {
 /// A gateway with its ports bound, ready to run.
 pub struct Gateway {
     config: GatewayConfig,
-    endpoint: quinn::Endpoint,
+    link_port: LinkPort,
     egress: TcpListener,
     admin: Option<TcpListener>,
     acceptor: TlsAcceptor,
     quic_addr: SocketAddr,
     egress_addr: SocketAddr,
+}
+
+/// The port linked gateways connect to.
+enum LinkPort {
+    Quic(quinn::Endpoint),
+    Tcp(TcpListener, TlsAcceptor),
 }
 
 impl std::fmt::Debug for Gateway {
@@ -79,32 +85,50 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Binds the QUIC port (`config.quic_addr`, UDP) and the egress port (`config.egress_addr`,
-    /// TCP).
+    /// Binds the link port (`config.quic_addr`: UDP for QUIC, TCP in TCP mode), the egress port
+    /// (`config.egress_addr`, TCP) and the admin port if any.
     ///
     /// # Errors
     ///
     /// A [`BindError`] naming the port or the configuration at fault.
     pub async fn bind(config: GatewayConfig) -> Result<Self, BindError> {
-        let server = quic::server_config(
-            config.bundles.clone(),
-            config.certs.clone(),
-            config.timeouts.quic_idle,
-            config.max_streams_per_connection,
-        )?;
         let acceptor = TlsAcceptor::from(Arc::new(egress::tls_config(&config)?));
-        let endpoint = quinn::Endpoint::server(server, config.quic_addr).map_err(|source| {
-            BindError::QuicBind {
-                addr: config.quic_addr,
-                source,
+        let link_bind_error = |source| BindError::QuicBind {
+            addr: config.quic_addr,
+            source,
+        };
+        let (link_port, quic_addr) = match config.transport {
+            Transport::Quic => {
+                let server = quic::server_config(
+                    config.bundles.clone(),
+                    config.certs.clone(),
+                    config.timeouts.quic_idle,
+                    config.max_streams_per_connection,
+                )?;
+                let endpoint =
+                    quinn::Endpoint::server(server, config.quic_addr).map_err(link_bind_error)?;
+                let addr = endpoint.local_addr().map_err(link_bind_error)?;
+                (LinkPort::Quic(endpoint), addr)
             }
-        })?;
-        let quic_addr = endpoint
-            .local_addr()
-            .map_err(|source| BindError::QuicBind {
-                addr: config.quic_addr,
-                source,
-            })?;
+            Transport::Tcp => {
+                // Any domain's chain at the TLS layer; the peer must then be a linked gateway,
+                // checked against the live link list as on the QUIC port.
+                let tls = mesh_trust::tls::server_config(
+                    config.bundles.clone(),
+                    mesh_trust::PeerPolicy::AnyDomain,
+                    config.certs.clone(),
+                    &[mesh_api::ports::ALPN_GATEWAY],
+                )?;
+                let listener = TcpListener::bind(config.quic_addr)
+                    .await
+                    .map_err(link_bind_error)?;
+                let addr = listener.local_addr().map_err(link_bind_error)?;
+                (
+                    LinkPort::Tcp(listener, TlsAcceptor::from(Arc::new(tls))),
+                    addr,
+                )
+            }
+        };
         let egress = TcpListener::bind(config.egress_addr)
             .await
             .map_err(|source| BindError::EgressBind {
@@ -127,7 +151,7 @@ impl Gateway {
         };
         Ok(Self {
             config,
-            endpoint,
+            link_port,
             egress,
             admin,
             acceptor,
@@ -136,7 +160,7 @@ impl Gateway {
         })
     }
 
-    /// The bound QUIC address.
+    /// The bound link port address (UDP for QUIC, TCP in TCP mode).
     pub fn quic_addr(&self) -> SocketAddr {
         self.quic_addr
     }
@@ -162,15 +186,20 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             config,
-            endpoint,
+            link_port,
             egress,
             admin,
             acceptor,
             ..
         } = self;
         let timeouts = config.timeouts;
+        let endpoint = match &link_port {
+            LinkPort::Quic(endpoint) => Some(endpoint.clone()),
+            LinkPort::Tcp(..) => None,
+        };
         let links: Arc<LinkTable> = Arc::new(LinkTable::new(
             endpoint.clone(),
+            config.transport,
             config.links.clone(),
             config.bundles.clone(),
             config.certs.clone(),
@@ -189,6 +218,7 @@ impl Gateway {
             config.balance,
             config.metrics.clone(),
             config.max_connections_per_peer,
+            usize::try_from(config.max_streams_per_connection).unwrap_or(usize::MAX),
         ));
         let (drain, watch) = drain::channel();
         // The admin server answers through the drain (`/ready` turns 503) and stops last.
@@ -212,7 +242,12 @@ impl Gateway {
             config.max_egress_connections,
             watch.clone(),
         ));
-        tokio::spawn(ingress.serve(endpoint.clone(), watch));
+        match link_port {
+            LinkPort::Quic(endpoint) => tokio::spawn(ingress.serve(endpoint, watch)),
+            LinkPort::Tcp(listener, acceptor) => {
+                tokio::spawn(ingress.serve_tcp(listener, acceptor, watch))
+            }
+        };
         let sampler = {
             let (links, interval) = (links.clone(), config.sample_interval);
             tokio::spawn(async move {
@@ -235,8 +270,10 @@ impl Gateway {
             tracing::info!("drain deadline passed; closing open tunnels");
         }
         sampler.abort();
-        endpoint.close(quic::code::SHUTDOWN, b"gateway shutting down");
-        endpoint.wait_idle().await;
+        if let Some(endpoint) = endpoint {
+            endpoint.close(quic::code::SHUTDOWN, b"gateway shutting down");
+            endpoint.wait_idle().await;
+        }
         let _ = admin_stop.send(());
         if let Some(admin) = admin {
             let _ = admin.await;

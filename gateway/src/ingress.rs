@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use mesh_api::frame;
 use mesh_api::ports::ALPN_GATEWAY;
@@ -29,13 +28,18 @@ use mesh_proxy::discovery::{Destination, DestinationWatch, Resolve, Target};
 use mesh_proxy::drain;
 use mesh_proxy::tcp::splice;
 use mesh_trust::SpiffeId;
-use tokio::net::TcpStream;
+use mesh_trust::tls::connection_peer_identity;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ExportWatch, LinkWatch, Timeouts};
 use crate::metrics::{Direction, GatewayMetrics};
 use crate::open::{self, BadRequest, MAX_OPEN_REQUEST_LEN, MAX_OPEN_RESPONSE_LEN, StreamRequest};
 use crate::quic;
+use crate::stream::LinkStream;
 
 /// How many endpoints one open tries before answering `no-endpoints`.
 const CONNECT_ATTEMPTS: usize = 2;
@@ -51,6 +55,7 @@ pub(crate) struct Ingress {
     balance: BalanceConfig,
     metrics: GatewayMetrics,
     max_connections_per_peer: usize,
+    max_streams_per_connection: usize,
     services: Mutex<HashMap<String, Service>>,
     /// Connections held now, per linked gateway.
     peers: Arc<Mutex<HashMap<SpiffeId, usize>>>,
@@ -103,10 +108,12 @@ impl Ingress {
         balance: BalanceConfig,
         metrics: GatewayMetrics,
         max_connections_per_peer: usize,
+        max_streams_per_connection: usize,
     ) -> Self {
         Self {
             metrics,
             max_connections_per_peer,
+            max_streams_per_connection,
             peers: Arc::new(Mutex::new(HashMap::new())),
             cluster,
             links,
@@ -144,6 +151,67 @@ impl Ingress {
         }
     }
 
+    /// TCP mode: accepts TLS connections from linked gateways until draining starts, one
+    /// tunnel or probe per connection.
+    pub(crate) async fn serve_tcp(
+        self: Arc<Self>,
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        mut watch: drain::Watch,
+    ) {
+        // Each tunnel is a connection: a peer may hold as many as it could hold streams.
+        let limit = self
+            .max_connections_per_peer
+            .saturating_mul(self.max_streams_per_connection);
+        loop {
+            let accepted = tokio::select! {
+                () = watch.signaled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "link port accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (this, acceptor, retain) = (self.clone(), acceptor.clone(), watch.retain());
+            tokio::spawn(async move {
+                let _retain = retain;
+                let _ = tcp.set_nodelay(true);
+                let handshake = tokio::time::timeout(this.timeouts.connect, acceptor.accept(tcp));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%remote, %error, "link TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let (alpn, peer) = {
+                    let session = stream.get_ref().1;
+                    (
+                        session.alpn_protocol() == Some(ALPN_GATEWAY),
+                        connection_peer_identity(session),
+                    )
+                };
+                let cluster = peer.as_ref().filter(|_| alpn).and_then(|peer| {
+                    quic::linked_gateway(&this.links.borrow(), peer).map(|l| l.cluster.clone())
+                });
+                let (Some(peer), Some(cluster)) = (peer, cluster) else {
+                    tracing::info!(%remote, "refused a link peer that is no linked gateway");
+                    return;
+                };
+                let Some(_slot) = this.peer_slot(&peer, limit) else {
+                    tracing::info!(%remote, %peer, limit, "refused a connection over the per-gateway limit");
+                    return;
+                };
+                this.serve_stream(stream, &cluster).await;
+            });
+        }
+    }
+
     async fn serve_connection(
         self: Arc<Self>,
         connection: quinn::Connection,
@@ -163,7 +231,7 @@ impl Ingress {
             connection.close(quic::code::FORBIDDEN, b"not a linked gateway");
             return;
         };
-        let Some(_slot) = self.peer_slot(&peer) else {
+        let Some(_slot) = self.peer_slot(&peer, self.max_connections_per_peer) else {
             tracing::info!(%remote, %peer, limit = self.max_connections_per_peer, "refused a connection over the per-gateway limit");
             connection.close(quic::code::TOO_MANY_CONNECTIONS, b"too many connections");
             return;
@@ -190,22 +258,19 @@ impl Ingress {
             let (retain, cluster) = (watch.retain(), cluster.clone());
             tokio::spawn(async move {
                 let _retain = retain;
-                this.serve_stream(send, recv, &cluster).await;
+                this.serve_stream(tokio::io::join(recv, send), &cluster)
+                    .await;
             });
         }
     }
 
-    async fn serve_stream(
-        &self,
-        mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
-        from: &str,
-    ) {
+    /// Serves one stream from the linked cluster `from`: a tunnel or a probe.
+    pub(crate) async fn serve_stream<S: LinkStream>(&self, mut stream: S, from: &str) {
         let deadline = Instant::now() + self.timeouts.open;
         let bad = |error: BadRequest| open::refusal(OpenStatus::BadRequest, error.to_string());
         let header = timeout_at(
             deadline,
-            frame::read_frame::<StreamHeader, _>(&mut recv, MAX_OPEN_REQUEST_LEN),
+            frame::read_frame::<StreamHeader, _>(&mut stream, MAX_OPEN_REQUEST_LEN),
         )
         .await;
         let request = match header {
@@ -219,15 +284,16 @@ impl Ingress {
         let request = match request {
             Ok(StreamRequest::Probe(probe)) => {
                 let response = self.probe(probe);
-                let _ = frame::write_frame(&mut send, &response, MAX_OPEN_RESPONSE_LEN).await;
-                let _ = send.finish();
+                let _ = frame::write_frame(&mut stream, &response, MAX_OPEN_RESPONSE_LEN).await;
+                let _ = stream.shutdown().await;
+                stream.delivered().await;
                 return;
             }
             Ok(StreamRequest::Open(request)) => request,
             Err(refusal) => {
                 self.metrics
                     .stream(from, Direction::Ingress, OpenStatus::BadRequest);
-                return refuse(send, recv, &refusal, from).await;
+                return refuse(stream, &refusal, from).await;
             }
         };
 
@@ -248,13 +314,17 @@ impl Ingress {
                 let status =
                     OpenStatus::try_from(refusal.status).unwrap_or(OpenStatus::Unspecified);
                 self.metrics.stream(from, Direction::Ingress, status);
-                refuse(send, recv, &refusal, from).await;
+                refuse(stream, &refusal, from).await;
             }
             return;
         };
-        if frame::write_frame(&mut send, &open::accepted(&endpoint), MAX_OPEN_RESPONSE_LEN)
-            .await
-            .is_err()
+        if frame::write_frame(
+            &mut stream,
+            &open::accepted(&endpoint),
+            MAX_OPEN_RESPONSE_LEN,
+        )
+        .await
+        .is_err()
         {
             in_flight.finish(Instant::now());
             return;
@@ -269,11 +339,10 @@ impl Ingress {
         self.metrics
             .stream(from, Direction::Ingress, OpenStatus::Ok);
         let open = self.metrics.open_stream(from, Direction::Ingress);
-        let mut stream = tokio::io::join(recv, send);
         let result = splice(&mut stream, &mut upstream, self.timeouts.tunnel_idle).await;
         in_flight.finish(Instant::now());
         if result.is_ok() {
-            quic::delivered(stream.writer()).await;
+            stream.delivered().await;
         }
         let transferred = match &result {
             Ok(transferred) => *transferred,
@@ -287,10 +356,10 @@ impl Ingress {
     }
 
     /// Takes a connection slot for `peer`, if it has one left.
-    fn peer_slot(&self, peer: &SpiffeId) -> Option<PeerSlot> {
+    fn peer_slot(&self, peer: &SpiffeId, limit: usize) -> Option<PeerSlot> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let count = peers.entry(peer.clone()).or_insert(0);
-        if *count >= self.max_connections_per_peer {
+        if *count >= limit {
             return None;
         }
         *count += 1;
@@ -452,16 +521,11 @@ fn open_caller(request: &TunnelOpen) -> String {
 }
 
 /// Answers a refusal and closes the stream.
-async fn refuse(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    refusal: &TunnelOpenResponse,
-    from: &str,
-) {
+async fn refuse<S: LinkStream>(mut stream: S, refusal: &TunnelOpenResponse, from: &str) {
     tracing::debug!(from, status = refusal.status, message = %refusal.message, "ingress stream refused");
-    let _ = frame::write_frame(&mut send, refusal, MAX_OPEN_RESPONSE_LEN).await;
-    let _ = send.finish();
-    let _ = recv.stop(quic::code::STREAM_FAILED);
+    let _ = frame::write_frame(&mut stream, refusal, MAX_OPEN_RESPONSE_LEN).await;
+    let _ = stream.shutdown().await;
+    stream.stop_reading();
     // Wait for the peer to take the answer, so that it is not lost to a reset.
-    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    stream.delivered().await;
 }

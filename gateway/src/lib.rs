@@ -12,6 +12,7 @@
 //!   request, build the answers.
 //! - [`quic`]: QUIC's TLS (mutual, via mesh-trust's verifiers) and transport settings, and the
 //!   identity checks on a connection.
+//! - [`stream`]: a tunnel's stream between gateways, over QUIC or (TCP mode) TLS over TCP.
 //! - [`links`]: one warm QUIC connection per linked cluster, opened on demand, reconnected with
 //!   backoff, trying the Link's addresses in turn.
 //! - [`egress`]: the egress port: workloads of this trust domain ask for a tunnel, the request is
@@ -35,6 +36,7 @@ pub mod links;
 pub mod metrics;
 pub mod open;
 pub mod quic;
+pub mod stream;
 
 pub use config::{ExportWatch, GatewayConfig, Link, LinkWatch, Timeouts, gateway_identity};
 pub use gateway::{BindError, Gateway};

@@ -15,15 +15,21 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_api::ports::ALPN_GATEWAY;
 use mesh_proxy::discovery::ReconnectBackoff;
 use mesh_proxy::discovery::backoff::Backoff;
-use mesh_trust::tls::CertResolver;
-use mesh_trust::{SharedTrustBundles, SpiffeId};
+use mesh_trust::tls::{self, CertResolver, connection_peer_identity};
+use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
-use crate::config::{Link, LinkWatch};
+use crate::config::{Link, LinkWatch, Transport};
 use crate::metrics::{ConnectReason, GatewayMetrics};
 use crate::quic;
+use crate::stream::RemoteStream;
 
 /// Why no connection to a cluster is available.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +73,9 @@ pub enum LinkError {
 /// The connections to linked clusters' gateways, shared by every egress connection.
 #[derive(Debug)]
 pub struct LinkTable {
-    endpoint: quinn::Endpoint,
+    /// The QUIC endpoint; `None` in TCP mode.
+    endpoint: Option<quinn::Endpoint>,
+    transport: Transport,
     links: LinkWatch,
     bundles: SharedTrustBundles,
     certs: Arc<CertResolver>,
@@ -124,7 +132,8 @@ impl LinkTable {
     /// A table that connects from `endpoint`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        endpoint: quinn::Endpoint,
+        endpoint: Option<quinn::Endpoint>,
+        transport: Transport,
         links: LinkWatch,
         bundles: SharedTrustBundles,
         certs: Arc<CertResolver>,
@@ -135,6 +144,7 @@ impl LinkTable {
     ) -> Self {
         Self {
             metrics,
+            transport,
             endpoint,
             links,
             bundles,
@@ -153,19 +163,7 @@ impl LinkTable {
     /// [`LinkError::Unknown`] when no Link names the cluster; [`LinkError::Backoff`] while a
     /// failed attempt's delay runs; [`LinkError::Connect`] when this attempt failed.
     pub async fn connection(&self, cluster: &str) -> Result<LinkConnection, LinkError> {
-        let link = self
-            .links
-            .borrow()
-            .iter()
-            .find(|link| link.cluster == cluster)
-            .cloned()
-            .ok_or_else(|| LinkError::Unknown(cluster.to_owned()))?;
-        if !link.is_consistent() {
-            return Err(LinkError::Inconsistent {
-                cluster: link.cluster,
-                gateway: link.gateway_identity,
-            });
-        }
+        let link = self.link(cluster)?;
         let slot = {
             let mut slots = self
                 .slots
@@ -336,8 +334,155 @@ impl LinkTable {
         }
     }
 
+    /// The current Link of `cluster`, checked.
+    fn link(&self, cluster: &str) -> Result<Link, LinkError> {
+        let link = self
+            .links
+            .borrow()
+            .iter()
+            .find(|link| link.cluster == cluster)
+            .cloned()
+            .ok_or_else(|| LinkError::Unknown(cluster.to_owned()))?;
+        if !link.is_consistent() {
+            return Err(LinkError::Inconsistent {
+                cluster: link.cluster,
+                gateway: link.gateway_identity,
+            });
+        }
+        Ok(link)
+    }
+
+    /// A new stream to `cluster`'s gateway for one tunnel: a stream of the warm QUIC
+    /// connection (replaced once if it turns out closed, after a remote restart say), or in TCP
+    /// mode a TLS connection of its own.
+    ///
+    /// # Errors
+    ///
+    /// Why there is no stream, in words for the caller's refusal.
+    pub async fn open(&self, cluster: &str) -> Result<RemoteStream, String> {
+        if self.transport == Transport::Tcp {
+            return self
+                .dial_tcp(cluster)
+                .await
+                .map(|stream| RemoteStream::Tcp(Box::new(stream)))
+                .map_err(|error| error.to_string());
+        }
+        let mut retried = false;
+        loop {
+            let link = self
+                .connection(cluster)
+                .await
+                .map_err(|error| error.to_string())?;
+            match link.connection.open_bi().await {
+                Ok((send, recv)) => return Ok(RemoteStream::Quic(tokio::io::join(recv, send))),
+                Err(error) if retried => {
+                    return Err(format!(
+                        "cluster {cluster:?}: cannot open a stream: {error}"
+                    ));
+                }
+                Err(error) => {
+                    tracing::debug!(cluster, %error, "link connection lost; reconnecting");
+                    retried = true;
+                }
+            }
+        }
+    }
+
+    /// TCP mode: a TLS connection to `cluster`'s gateway requiring exactly its identity, ALPN
+    /// `mesh.gw`, trying each address in turn.
+    async fn dial_tcp(&self, cluster: &str) -> Result<TlsStream<TcpStream>, LinkError> {
+        let link = self.link(cluster)?;
+        let config = tls::client_config(
+            self.bundles.clone(),
+            PeerPolicy::Exactly(link.gateway_identity.clone()),
+            Some(self.certs.clone()),
+            &[ALPN_GATEWAY],
+        )
+        .map_err(|error| {
+            self.metrics.connect_error(ConnectReason::Config);
+            LinkError::Connect {
+                cluster: link.cluster.clone(),
+                reason: error.to_string(),
+            }
+        })?;
+        let connector = TlsConnector::from(Arc::new(config));
+        let (addrs, mut failures) = self.resolve(&link).await;
+        for addr in addrs {
+            let started = Instant::now();
+            let attempt = async {
+                let tcp = TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| (ConnectReason::Handshake, format!("connect: {e}")))?;
+                let _ = tcp.set_nodelay(true);
+                let name = ServerName::IpAddress(addr.ip().into());
+                connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| (ConnectReason::Handshake, format!("handshake failed: {e}")))
+            };
+            let result = match timeout(self.connect_timeout, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err((ConnectReason::Timeout, "timed out".to_owned())),
+            };
+            let checked = result.and_then(|stream| {
+                let session = stream.get_ref().1;
+                let found = connection_peer_identity(session);
+                if session.alpn_protocol() != Some(ALPN_GATEWAY) {
+                    Err((ConnectReason::Handshake, "no mesh.gw ALPN".to_owned()))
+                } else if found.as_ref() != Some(&link.gateway_identity) {
+                    let message =
+                        format!("presented {found:?}, expected {}", link.gateway_identity);
+                    Err((ConnectReason::Identity, message))
+                } else {
+                    Ok(stream)
+                }
+            });
+            match checked {
+                Ok(stream) => {
+                    self.metrics.handshake(started.elapsed());
+                    return Ok(stream);
+                }
+                Err((reason, error)) => {
+                    self.metrics.connect_error(reason);
+                    failures.push(format!("{addr}: {error}"));
+                }
+            }
+        }
+        if failures.is_empty() {
+            failures.push("the link lists no address".to_owned());
+        }
+        Err(LinkError::Connect {
+            cluster: link.cluster,
+            reason: failures.join("; "),
+        })
+    }
+
+    /// The link's addresses, host names resolved now; and what failed to resolve.
+    async fn resolve(&self, link: &Link) -> (Vec<SocketAddr>, Vec<String>) {
+        let mut resolved = Vec::new();
+        let mut failures = Vec::new();
+        for host in &link.addresses {
+            let lookup = tokio::net::lookup_host((host.as_str(), link.port));
+            match timeout(self.connect_timeout, lookup).await {
+                Ok(Ok(addrs)) => resolved.extend(addrs),
+                Ok(Err(error)) => {
+                    self.metrics.connect_error(ConnectReason::Resolve);
+                    failures.push(format!("{host}: cannot resolve: {error}"));
+                }
+                Err(_) => {
+                    self.metrics.connect_error(ConnectReason::Resolve);
+                    failures.push(format!("{host}: resolving timed out"));
+                }
+            }
+        }
+        (resolved, failures)
+    }
+
     /// One attempt: each address in turn, until one handshake succeeds.
     async fn connect(&self, link: &Link) -> Result<quinn::Connection, String> {
+        let Some(endpoint) = &self.endpoint else {
+            return Err("QUIC is off: the gateway runs in TCP mode".to_owned());
+        };
         let config = quic::client_config(
             self.bundles.clone(),
             self.certs.clone(),
@@ -348,32 +493,16 @@ impl LinkTable {
             self.metrics.connect_error(ConnectReason::Config);
             error.to_string()
         })?;
-        let mut failures = Vec::new();
-        for host in &link.addresses {
-            let resolve = tokio::net::lookup_host((host.as_str(), link.port));
-            let addrs: Vec<SocketAddr> = match timeout(self.connect_timeout, resolve).await {
-                Ok(Ok(addrs)) => addrs.collect(),
-                Ok(Err(error)) => {
-                    self.metrics.connect_error(ConnectReason::Resolve);
-                    failures.push(format!("{host}: cannot resolve: {error}"));
-                    continue;
+        let (addrs, mut failures) = self.resolve(link).await;
+        for addr in addrs {
+            match self.handshake(endpoint, link, config.clone(), addr).await {
+                Ok(connection) => {
+                    tracing::info!(cluster = %link.cluster, %addr, "connected to linked gateway");
+                    return Ok(connection);
                 }
-                Err(_) => {
-                    self.metrics.connect_error(ConnectReason::Resolve);
-                    failures.push(format!("{host}: resolving timed out"));
-                    continue;
-                }
-            };
-            for addr in addrs {
-                match self.handshake(link, config.clone(), addr).await {
-                    Ok(connection) => {
-                        tracing::info!(cluster = %link.cluster, %addr, "connected to linked gateway");
-                        return Ok(connection);
-                    }
-                    Err((reason, error)) => {
-                        self.metrics.connect_error(reason);
-                        failures.push(format!("{addr}: {error}"));
-                    }
+                Err((reason, error)) => {
+                    self.metrics.connect_error(reason);
+                    failures.push(format!("{addr}: {error}"));
                 }
             }
         }
@@ -385,14 +514,14 @@ impl LinkTable {
 
     async fn handshake(
         &self,
+        endpoint: &quinn::Endpoint,
         link: &Link,
         config: quinn::ClientConfig,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, (ConnectReason, String)> {
         let started = Instant::now();
         // The mesh verifier checks the SPIFFE ID, not the name; an IP address sends no SNI.
-        let connecting = self
-            .endpoint
+        let connecting = endpoint
             .connect_with(config, addr, &addr.ip().to_string())
             .map_err(|error| (ConnectReason::Handshake, error.to_string()))?;
         let connection = timeout(self.connect_timeout, connecting)

@@ -99,18 +99,6 @@ pub fn client_config(
     Ok(config)
 }
 
-/// How long a finished stream may wait for the peer to acknowledge its last bytes.
-const DELIVERY_WAIT: Duration = Duration::from_secs(5);
-
-/// Waits (briefly) until the peer has received everything written on a finished stream.
-///
-/// A tunnel's task holds the gateway's drain open; without this wait, a drain could complete
-/// and close the connection while the tunnel's last bytes were still in flight, and the far end
-/// would see its session cut short.
-pub async fn delivered(send: &quinn::SendStream) {
-    let _ = tokio::time::timeout(DELIVERY_WAIT, send.stopped()).await;
-}
-
 /// The ALPN protocol a connection negotiated.
 pub fn negotiated_alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
     connection

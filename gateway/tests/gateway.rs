@@ -19,6 +19,7 @@ use mesh_api::ports::{ALPN_GATEWAY, ALPN_OPAQUE, ALPN_TUNNEL};
 use mesh_api::tunnel::{
     OpenStatus, Probe, ProbeResponse, StreamHeader, TunnelOpen, TunnelOpenResponse, stream_header,
 };
+use mesh_gateway::config::Transport;
 use mesh_gateway::metrics::GatewayMetrics;
 use mesh_gateway::{Gateway, GatewayConfig, Link, Timeouts, gateway_identity};
 use mesh_proxy::discovery::{Resolve, StaticDiscovery, TunnelMeta};
@@ -164,6 +165,15 @@ impl World {
 
     /// Starts the world with `tune` applied to east's gateway configuration.
     async fn start_tuned(timeouts: Timeouts, tune: impl FnOnce(&mut GatewayConfig)) -> Self {
+        Self::start_full(timeouts, Transport::Quic, tune).await
+    }
+
+    /// Starts the world with both gateways on `transport`.
+    async fn start_full(
+        timeouts: Timeouts,
+        transport: Transport,
+        tune: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let west = Domain::new("west.local");
         let east = Domain::new("east.local");
         let bundles = bundles(&[&west, &east]);
@@ -218,6 +228,7 @@ impl World {
             west_discovery,
         );
         west_config.timeouts = timeouts;
+        west_config.transport = transport;
         west_config.sample_interval = Duration::from_millis(50);
         west_config.admin_addr = Some("127.0.0.1:0".parse().unwrap());
         let west_metrics = west_config.metrics.clone();
@@ -236,6 +247,7 @@ impl World {
         );
         east_config.inbound_port = inbound_port;
         east_config.timeouts = timeouts;
+        east_config.transport = transport;
         tune(&mut east_config);
         let east_metrics = east_config.metrics.clone();
         let east_gw = RunningGateway::start(east_config.clone()).await;
@@ -1029,4 +1041,62 @@ async fn a_linked_gateway_holds_at_most_its_connection_limit() {
     assert_eq!(echo(&mut stream, b"still linked").await, b"still linked");
     let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
     assert_eq!(echo(&mut stream, b"and again").await, b"and again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_mode_carries_the_same_tunnels_with_the_same_checks() {
+    let mut world = World::start_full(test_timeouts(), Transport::Tcp, |_| {}).await;
+    let (mut stream, endpoint) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(endpoint, world.east.id("echo"));
+    assert_eq!(world.opened_peer().await, world.client);
+    let payload = vec![3u8; 128 * 1024];
+    assert_eq!(echo(&mut stream, &payload).await, payload);
+
+    let (refusal, message) = world.refusal("east", HIDDEN).await;
+    assert_eq!(refusal, Refusal::NotExported, "{message}");
+    let (refusal, message) = world.refusal("south", ECHO).await;
+    assert_eq!(refusal, Refusal::Unreachable, "{message}");
+
+    // Many at once, each on its own connection.
+    let world = Arc::new(world);
+    let tunnels = (0..100).map(|i| {
+        let world = world.clone();
+        async move {
+            let payload = format!("tcp tunnel {i}").into_bytes();
+            let (mut stream, _) = world.connect_within("east", ECHO, PATIENCE).await.unwrap();
+            assert_eq!(echo(&mut stream, &payload).await, payload);
+        }
+    });
+    futures_util::future::join_all(tunnels).await;
+    shows(
+        &world.west_metrics,
+        r#"gateway_streams_total{remote_cluster="east",direction="egress",status="ok"} 101"#,
+    )
+    .await;
+
+    // A workload on the link port: TLS may complete, but no answer ever comes.
+    let config = tls::client_config(
+        world.bundles.clone(),
+        PeerPolicy::Exactly(gateway_identity(&world.east.td, "mesh").unwrap()),
+        Some(Arc::new(
+            CertResolver::new(world.west.creds("client")).unwrap(),
+        )),
+        &[ALPN_GATEWAY],
+    )
+    .unwrap();
+    let answer = async {
+        let tcp = TcpStream::connect(world.east_gw.quic).await?;
+        let name = ServerName::IpAddress(world.east_gw.quic.ip().into());
+        let mut stream = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        frame::write_frame(&mut stream, &open_header("east", ECHO), 4096)
+            .await
+            .map_err(std::io::Error::other)?;
+        frame::read_frame::<TunnelOpenResponse, _>(&mut stream, 4096)
+            .await
+            .map_err(std::io::Error::other)
+    };
+    let answer = tokio::time::timeout(PATIENCE, answer).await.unwrap();
+    assert!(!matches!(answer, Ok(Some(_))), "{answer:?}");
 }
