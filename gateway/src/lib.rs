@@ -14,7 +14,9 @@
 //!   identity checks on a connection.
 //! - [`stream`]: a tunnel's stream between gateways, over QUIC or (TCP mode) TLS over TCP.
 //! - [`links`]: one warm QUIC connection per linked cluster, opened on demand, reconnected with
-//!   backoff, trying the Link's addresses in turn.
+//!   backoff, trying the Link's addresses in turn (host names resolved at each attempt); in TCP
+//!   mode ([`config::Transport::Tcp`]) a TLS connection per tunnel instead, with the same frames
+//!   and checks, so that the two transports can be compared on the same code.
 //! - [`egress`]: the egress port: workloads of this trust domain ask for a tunnel, the request is
 //!   relayed on a new stream of the link's connection, then bytes are spliced.
 //! - [`ingress`]: streams from linked gateways: tunnels to ready endpoints of exported services
@@ -24,8 +26,14 @@
 //! - [`gateway`]: binding both ports and running them until shutdown.
 //!
 //! A gateway is never an open relay: egress serves only its own trust domain's workloads, the
-//! QUIC port only linked clusters' gateways, and ingress dials only the inbound port of endpoints
-//! discovery lists for an exported service.
+//! link port only linked clusters' gateways (the identity a current Link names, inside that
+//! Link's trust domain), and ingress dials only the inbound port of ready endpoints that
+//! discovery lists for an exported service ([`ExportWatch`]).
+//!
+//! Limits: the open request has a deadline and a size cap on both ports; QUIC grants each
+//! connection [`GatewayConfig::max_streams_per_connection`] streams and each linked gateway
+//! [`GatewayConfig::max_connections_per_peer`] connections, so one cluster cannot starve the
+//! others; idle QUIC connections and idle tunnels are closed; egress connections are capped.
 
 pub mod admin;
 pub mod config;
@@ -38,5 +46,7 @@ pub mod open;
 pub mod quic;
 pub mod stream;
 
-pub use config::{ExportWatch, GatewayConfig, Link, LinkWatch, Timeouts, gateway_identity};
+pub use config::{
+    ExportWatch, GatewayConfig, Link, LinkWatch, Timeouts, Transport, gateway_identity,
+};
 pub use gateway::{BindError, Gateway};
