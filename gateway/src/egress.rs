@@ -18,7 +18,6 @@ use mesh_api::frame::{self, FrameError};
 use mesh_api::ports::ALPN_TUNNEL;
 use mesh_api::tunnel::{OpenStatus, StreamHeader, TunnelOpenResponse, stream_header};
 use mesh_proxy::drain;
-use mesh_proxy::tcp::splice;
 use mesh_trust::tls::{self, connection_peer_identity};
 use mesh_trust::{PeerPolicy, SpiffeId};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -31,7 +30,7 @@ use crate::config::{GatewayConfig, Timeouts};
 use crate::links::LinkTable;
 use crate::metrics::{Direction, UNKNOWN_CLUSTER};
 use crate::open::{self, BadRequest, MAX_OPEN_REQUEST_LEN, MAX_OPEN_RESPONSE_LEN, StreamRequest};
-use crate::stream::{LinkStream, RemoteStream};
+use crate::stream::{Cut, LinkStream, RemoteStream, splice_until_cut};
 
 /// The egress TLS: workloads of the gateway's own trust domain only, ALPN `mesh.tunnel`.
 ///
@@ -55,6 +54,7 @@ pub(crate) async fn serve(
     links: Arc<LinkTable>,
     timeouts: Timeouts,
     max_connections: usize,
+    cut: Cut,
     mut watch: drain::Watch,
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
@@ -76,10 +76,12 @@ pub(crate) async fn serve(
             tracing::warn!(%peer, max_connections, "egress connection limit reached; closing");
             continue;
         };
-        let (acceptor, links, watch) = (acceptor.clone(), links.clone(), watch.clone());
+        let (acceptor, links, watch, cut) =
+            (acceptor.clone(), links.clone(), watch.clone(), cut.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(error) = serve_connection(tcp, acceptor, &links, timeouts, watch).await {
+            if let Err(error) = serve_connection(tcp, acceptor, &links, timeouts, watch, cut).await
+            {
                 tracing::debug!(%peer, %error, "egress tunnel ended");
             }
         });
@@ -109,6 +111,7 @@ async fn serve_connection(
     links: &LinkTable,
     timeouts: Timeouts,
     mut watch: drain::Watch,
+    cut: Cut,
 ) -> Result<(), EgressError> {
     let deadline = Instant::now() + timeouts.open;
     let _ = tcp.set_nodelay(true);
@@ -169,7 +172,11 @@ async fn serve_connection(
     let _retain = watch.retain();
     drop(watch);
     let open = metrics.open_stream(&label, Direction::Egress);
-    let result = splice(&mut stream, &mut remote, timeouts.tunnel_idle).await;
+    let Some(result) = splice_until_cut(&mut stream, &mut remote, timeouts.tunnel_idle, cut).await
+    else {
+        tracing::debug!(%caller, "egress tunnel cut at the drain deadline");
+        return Ok(());
+    };
     if result.is_ok() {
         remote.delivered().await;
     }

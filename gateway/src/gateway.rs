@@ -193,6 +193,8 @@ impl Gateway {
             ..
         } = self;
         let timeouts = config.timeouts;
+        // Sent when the drain deadline passes: tunnels still running then are cut.
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
         let endpoint = match &link_port {
             LinkPort::Quic(endpoint) => Some(endpoint.clone()),
             LinkPort::Tcp(..) => None,
@@ -219,6 +221,7 @@ impl Gateway {
             config.metrics.clone(),
             config.max_connections_per_peer,
             usize::try_from(config.max_streams_per_connection).unwrap_or(usize::MAX),
+            cut_rx.clone(),
         ));
         let (drain, watch) = drain::channel();
         // The admin server answers through the drain (`/ready` turns 503) and stops last.
@@ -240,6 +243,7 @@ impl Gateway {
             links.clone(),
             timeouts,
             config.max_egress_connections,
+            cut_rx,
             watch.clone(),
         ));
         match link_port {
@@ -269,6 +273,7 @@ impl Gateway {
         {
             tracing::info!("drain deadline passed; closing open tunnels");
         }
+        cut.send_replace(true);
         sampler.abort();
         if let Some(endpoint) = endpoint {
             endpoint.close(quic::code::SHUTDOWN, b"gateway shutting down");

@@ -26,7 +26,6 @@ use mesh_api::tunnel::{
 use mesh_proxy::balance::{BalanceConfig, Balancer, InFlight};
 use mesh_proxy::discovery::{Destination, DestinationWatch, Resolve, Target};
 use mesh_proxy::drain;
-use mesh_proxy::tcp::splice;
 use mesh_trust::SpiffeId;
 use mesh_trust::tls::connection_peer_identity;
 use std::time::Duration;
@@ -39,7 +38,7 @@ use crate::config::{ExportWatch, LinkWatch, Timeouts};
 use crate::metrics::{Direction, GatewayMetrics};
 use crate::open::{self, BadRequest, MAX_OPEN_REQUEST_LEN, MAX_OPEN_RESPONSE_LEN, StreamRequest};
 use crate::quic;
-use crate::stream::LinkStream;
+use crate::stream::{Cut, LinkStream, splice_until_cut};
 
 /// How many endpoints one open tries before answering `no-endpoints`.
 const CONNECT_ATTEMPTS: usize = 2;
@@ -56,6 +55,7 @@ pub(crate) struct Ingress {
     metrics: GatewayMetrics,
     max_connections_per_peer: usize,
     max_streams_per_connection: usize,
+    cut: Cut,
     services: Mutex<HashMap<String, Service>>,
     /// Connections held now, per linked gateway.
     peers: Arc<Mutex<HashMap<SpiffeId, usize>>>,
@@ -109,8 +109,10 @@ impl Ingress {
         metrics: GatewayMetrics,
         max_connections_per_peer: usize,
         max_streams_per_connection: usize,
+        cut: Cut,
     ) -> Self {
         Self {
+            cut,
             metrics,
             max_connections_per_peer,
             max_streams_per_connection,
@@ -339,8 +341,18 @@ impl Ingress {
         self.metrics
             .stream(from, Direction::Ingress, OpenStatus::Ok);
         let open = self.metrics.open_stream(from, Direction::Ingress);
-        let result = splice(&mut stream, &mut upstream, self.timeouts.tunnel_idle).await;
+        let spliced = splice_until_cut(
+            &mut stream,
+            &mut upstream,
+            self.timeouts.tunnel_idle,
+            self.cut.clone(),
+        )
+        .await;
         in_flight.finish(Instant::now());
+        let Some(result) = spliced else {
+            tracing::debug!(from, %endpoint, "ingress tunnel cut at the drain deadline");
+            return;
+        };
         if result.is_ok() {
             stream.delivered().await;
         }

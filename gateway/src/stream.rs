@@ -11,13 +11,43 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use mesh_proxy::tcp::{SpliceError, Transferred, splice};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::quic;
 
 /// How long a finished stream may wait for the peer to acknowledge its last bytes.
 const DELIVERY_WAIT: Duration = Duration::from_secs(5);
+
+/// The signal that cuts every running tunnel: sent when the drain deadline passes.
+pub type Cut = watch::Receiver<bool>;
+
+/// Splices `a` and `b` (see [`mesh_proxy::tcp::splice`]) until both are done, or until `cut`
+/// fires (`None`). QUIC tunnels end anyway when the endpoint closes; a TCP-mode tunnel has no
+/// such owner and needs the signal.
+pub(crate) async fn splice_until_cut<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    mut cut: Cut,
+) -> Option<Result<Transferred, SpliceError>>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let cut = async move {
+        // A gone sender means the gateway finished without cutting: never fire.
+        if cut.wait_for(|cut| *cut).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = splice(a, b, idle) => Some(result),
+        () = cut => None,
+    }
+}
 
 /// A QUIC bidirectional stream as one byte stream.
 pub type QuicStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;

@@ -1100,3 +1100,33 @@ async fn tcp_mode_carries_the_same_tunnels_with_the_same_checks() {
     let answer = tokio::time::timeout(PATIENCE, answer).await.unwrap();
     assert!(!matches!(answer, Ok(Some(_))), "{answer:?}");
 }
+
+#[tokio::test]
+async fn tunnels_still_open_at_the_drain_deadline_are_cut_in_both_modes() {
+    for transport in [Transport::Quic, Transport::Tcp] {
+        let mut world = World::start_full(
+            Timeouts {
+                drain: Duration::from_millis(200),
+                ..test_timeouts()
+            },
+            transport,
+            |_| {},
+        )
+        .await;
+        let (mut open, _) = world.connect("east", ECHO).await.unwrap();
+        open.write_all(b"never finished").await.unwrap();
+        open.flush().await.unwrap();
+        world.east_gw.signal();
+        // The tunnel never ends by itself; the deadline ends it, and the gateway with it.
+        tokio::time::timeout(PATIENCE, &mut world.east_gw.task)
+            .await
+            .unwrap_or_else(|_| panic!("{transport:?}: the gateway outlived its drain deadline"))
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, open.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "{transport:?}: the cut tunnel was left hanging"
+        );
+    }
+}
