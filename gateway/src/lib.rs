@@ -24,6 +24,8 @@
 //! - [`metrics`] and [`admin`]: Prometheus metrics with labels bounded by the link list, and
 //!   the admin server (`/metrics`, `/live`, `/ready`, `/links`).
 //! - [`gateway`]: binding both ports and running them until shutdown.
+//! - [`cli`]: the `mesh-gateway` command line, which configures a gateway from files (links,
+//!   exported services, destinations) until the controller feeds them.
 //!
 //! A gateway is never an open relay: egress serves only its own trust domain's workloads, the
 //! link port only linked clusters' gateways (the identity a current Link names, inside that
@@ -36,6 +38,7 @@
 //! others; idle QUIC connections and idle tunnels are closed; egress connections are capped.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod egress;
 pub mod gateway;

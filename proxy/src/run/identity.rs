@@ -62,7 +62,7 @@ pub enum IdentityFileError {
 
 /// The bytes of the two files, to tell whether they changed.
 #[derive(Clone, PartialEq, Eq)]
-pub(super) struct IdentityFiles {
+pub struct IdentityFiles {
     leaf: Vec<u8>,
     key: Vec<u8>,
 }
@@ -79,7 +79,8 @@ impl fmt::Debug for IdentityFiles {
 // === impl IdentityFiles ===
 
 impl IdentityFiles {
-    pub(super) async fn read(dir: &Path) -> Result<Self, IdentityFileError> {
+    /// Reads `dir/leaf.crt` and `dir/leaf.key`.
+    pub async fn read(dir: &Path) -> Result<Self, IdentityFileError> {
         let read = |name: &str| {
             let path = dir.join(name);
             async move {
@@ -96,7 +97,7 @@ impl IdentityFiles {
 
     /// The credentials the files hold, checked: a SPIFFE leaf (for `expected`, when given),
     /// currently valid, whose public key matches the private key.
-    pub(super) fn credentials(
+    pub fn credentials(
         &self,
         dir: &Path,
         expected: Option<&SpiffeId>,

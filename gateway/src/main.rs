@@ -1,0 +1,66 @@
+//! `mesh-gateway`: the gateway binary. Parses the command line and hands over to the library.
+//!
+//! Exit codes: 0 after a clean drain, 1 when the gateway fails, 2 for bad usage.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mesh_gateway::Gateway;
+use mesh_gateway::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let config = match cli.into_config().await {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let gateway = match Gateway::bind(config).await {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            quic = %gateway.quic_addr(),
+            egress = %gateway.egress_addr(),
+            admin = ?gateway.admin_addr(),
+            "gateway serving"
+        );
+        gateway.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,261 @@
+//! The `mesh-gateway` binary as operators run it: two gateway processes, configured from files,
+//! carry a west workload's tunnel to east's inbound proxy.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::common::ProtocolHint;
+use mesh_api::ports::ALPN_OPAQUE;
+use mesh_gateway::config::gateway_identity;
+use mesh_proxy::discovery::TunnelMeta;
+use mesh_proxy::drain;
+use mesh_proxy::outbound::OutboundTls;
+use mesh_proxy::tcp::{InboundConfig, serve_inbound};
+use mesh_proxy::transport_header::{Authority, MeshTransportHeader};
+use mesh_proxy::tunnel::connect_tunnelled;
+use mesh_test_support::pki::{Domain, bundles};
+use mesh_trust::tls::{self, CertResolver, WorkloadCredentials};
+use mesh_trust::{PeerPolicy, pem};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesh-gateway");
+const SERVICE: &str = "echo.default.svc.cluster.local:7000";
+
+fn write_identity(dir: &Path, creds: &WorkloadCredentials) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("leaf.key"), pem::encode_private_key(&creds.key)).unwrap();
+    std::fs::write(
+        dir.join("leaf.crt"),
+        pem::encode_certificates(creds.chain.iter()),
+    )
+    .unwrap();
+}
+
+fn gateway_creds(domain: &Domain) -> WorkloadCredentials {
+    let id = gateway_identity(&domain.td, "mesh").unwrap();
+    domain.creds_with(
+        &id,
+        mesh_trust::ca::Validity::starting_now(mesh_trust::ca::DEFAULT_LEAF_LIFETIME),
+    )
+}
+
+async fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    for _ in 0..200 {
+        if let Ok(mut conn) = TcpStream::connect(admin).await {
+            let _ = conn
+                .write_all(b"GET /ready HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut answer = String::new();
+            let _ = conn.read_to_string(&mut answer).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gateway at {admin} never became ready");
+}
+
+#[tokio::test]
+async fn two_gateway_processes_carry_a_tunnel_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (west, east) = (Domain::new("west"), Domain::new("east"));
+    let mut set = west.bundle();
+    set.merge(&east.bundle());
+    std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
+    set.save_pem_dir(&dir.path().join("bundle")).unwrap();
+    write_identity(&dir.path().join("west-gw"), &gateway_creds(&west));
+    write_identity(&dir.path().join("east-gw"), &gateway_creds(&east));
+
+    // East: an echo app behind its inbound proxy.
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let shared = bundles(&[&west, &east]);
+    let server = tls::server_config(
+        shared.clone(),
+        PeerPolicy::AnyDomain,
+        Arc::new(CertResolver::new(east.creds("echo")).unwrap()),
+        &[ALPN_OPAQUE, mesh_api::ports::ALPN_H2],
+    )
+    .unwrap();
+    let inbound = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inbound_port = inbound.local_addr().unwrap().port();
+    let (_inbound_drain, watch) = drain::channel();
+    tokio::spawn(serve_inbound(
+        inbound,
+        InboundConfig::new(Arc::new(server)),
+        watch,
+    ));
+
+    let (west_quic, east_quic) = (free_udp().await, free_udp().await);
+    let (west_egress, east_egress) = (free_tcp().await, free_tcp().await);
+    let (west_admin, east_admin) = (free_tcp().await, free_tcp().await);
+    let link = |cluster: &str, domain: &Domain, quic: SocketAddr| {
+        format!(
+            r#"[{{ "cluster": "{cluster}", "trust_domain": "{}", "addresses": ["127.0.0.1"], "port": {}, "gateway_identity": "{}" }}]"#,
+            domain.td,
+            quic.port(),
+            gateway_identity(&domain.td, "mesh").unwrap()
+        )
+    };
+    std::fs::write(
+        dir.path().join("west-links.json"),
+        link("east", &east, east_quic),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("east-links.json"),
+        link("west", &west, west_quic),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("west-discovery.json"), "{}").unwrap();
+    std::fs::write(
+        dir.path().join("east-discovery.json"),
+        format!(
+            r#"{{ "{SERVICE}": {{ "endpoints": [ {{ "addr": "127.0.0.1:{app_port}", "identity": "{}" }} ] }} }}"#,
+            east.id("echo")
+        ),
+    )
+    .unwrap();
+
+    let spawn =
+        |name: &str, quic: SocketAddr, egress: SocketAddr, admin: SocketAddr, exports: &str| {
+            let path = |file: &str| dir.path().join(format!("{name}-{file}"));
+            Process(
+                Command::new(BIN)
+                    .args(["--cluster", name])
+                    .arg("--identity-dir")
+                    .arg(path("gw"))
+                    .arg("--trust-bundle")
+                    .arg(dir.path().join("bundle"))
+                    .arg("--links")
+                    .arg(path("links.json"))
+                    .arg("--discovery-file")
+                    .arg(path("discovery.json"))
+                    .args(["--exports", exports])
+                    .args(["--quic-addr", &quic.to_string()])
+                    .args(["--egress-addr", &egress.to_string()])
+                    .args(["--admin-addr", &admin.to_string()])
+                    .args(["--inbound-port", &inbound_port.to_string()])
+                    .env("MESH_GATEWAY_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+    let _west_gw = spawn("west", west_quic, west_egress, west_admin, "");
+    let _east_gw = spawn("east", east_quic, east_egress, east_admin, SERVICE);
+    wait_ready(west_admin).await;
+    wait_ready(east_admin).await;
+
+    // A west workload's proxy asks its gateway for east's service; the inner session runs end to
+    // end to east's inbound proxy.
+    let client = west.creds("client");
+    let own = client.identity.clone();
+    let outbound = OutboundTls::new(shared, Arc::new(CertResolver::new(client).unwrap()));
+    let tunnel = TunnelMeta {
+        cluster: "east".into(),
+        authority: SERVICE.into(),
+        gateway: west_egress,
+        gateway_identity: gateway_identity(&west.td, "mesh").unwrap(),
+        remote_trust_domain: east.td.clone(),
+    };
+    let header = MeshTransportHeader {
+        port: app_port,
+        authority: Some(Authority::parse(SERVICE).unwrap()),
+        protocol: ProtocolHint::Opaque,
+    };
+    let (mut stream, endpoint) = connect_tunnelled(
+        &outbound,
+        &own,
+        &tunnel,
+        Some(&east.id("echo")),
+        ALPN_OPAQUE,
+        &header,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(endpoint, east.id("echo"));
+    stream
+        .write_all(b"across two gateway processes")
+        .await
+        .unwrap();
+    let mut echoed = [0u8; 28];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"across two gateway processes");
+}
+
+#[test]
+fn a_bad_links_file_is_a_usage_error_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("links.json"), "{ not a list").unwrap();
+    let west = Domain::new("west");
+    write_identity(&dir.path().join("gw"), &gateway_creds(&west));
+    std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
+    west.bundle()
+        .save_pem_dir(&dir.path().join("bundle"))
+        .unwrap();
+    std::fs::write(dir.path().join("discovery.json"), "{}").unwrap();
+    let out = Command::new(BIN)
+        .args(["--cluster", "west"])
+        .arg("--identity-dir")
+        .arg(dir.path().join("gw"))
+        .arg("--trust-bundle")
+        .arg(dir.path().join("bundle"))
+        .arg("--links")
+        .arg(dir.path().join("links.json"))
+        .arg("--discovery-file")
+        .arg(dir.path().join("discovery.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--links") && stderr.contains("not a JSON list"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
