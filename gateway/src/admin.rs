@@ -102,7 +102,11 @@ fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>>
             reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n")
         }
         "/ready" => reply(StatusCode::OK, TEXT, "ready\n"),
-        "/links" => reply(StatusCode::OK, TEXT, links_view(&state.links)),
+        "/links" => reply(
+            StatusCode::OK,
+            TEXT,
+            links_view(&state.links, &state.metrics),
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
@@ -111,12 +115,14 @@ fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>>
     }
 }
 
-/// One line per linked cluster.
-fn links_view(links: &LinkTable) -> String {
+/// One line per linked cluster: its connection, then its tunnels open now and the bytes
+/// finished tunnels carried each way.
+fn links_view(links: &LinkTable, metrics: &GatewayMetrics) -> String {
     let mut text = String::new();
     for link in links.view() {
+        let traffic = metrics.link_traffic(&link.cluster);
         let _ = match link.connection {
-            Some(c) => writeln!(
+            Some(c) => write!(
                 text,
                 "{} connected remote={} rtt_ms={} lost_packets={}",
                 link.cluster,
@@ -124,8 +130,13 @@ fn links_view(links: &LinkTable) -> String {
                 c.rtt.as_millis(),
                 c.lost_packets,
             ),
-            None => writeln!(text, "{} disconnected", link.cluster),
+            None => write!(text, "{} disconnected", link.cluster),
         };
+        let _ = writeln!(
+            text,
+            " open_streams={} bytes_to_remote={} bytes_from_remote={}",
+            traffic.open_streams, traffic.bytes_to_remote, traffic.bytes_from_remote
+        );
     }
     text
 }

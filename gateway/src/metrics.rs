@@ -128,6 +128,14 @@ struct Families {
     handshake: Histogram,
 }
 
+/// One linked cluster's traffic, for the admin view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkTraffic {
+    pub open_streams: u64,
+    pub bytes_to_remote: u64,
+    pub bytes_from_remote: u64,
+}
+
 /// One spliced tunnel's share of `gateway_open_streams`, released when dropped.
 #[derive(Debug)]
 #[must_use = "dropping the guard closes the tunnel in the metrics"]
@@ -285,6 +293,41 @@ impl GatewayMetrics {
         self.inner.connected.remove(&labels);
         self.inner.rtt.remove(&labels);
         self.inner.lost.remove(&labels);
+    }
+
+    /// What the admin view shows of one linked cluster: tunnels open now (both directions) and
+    /// bytes carried by finished tunnels, to and from it.
+    pub fn link_traffic(&self, remote_cluster: &str) -> LinkTraffic {
+        let open = |direction: &'static str| {
+            let labels = OpenLabels {
+                remote_cluster: remote_cluster.to_owned(),
+                direction,
+            };
+            self.inner
+                .open
+                .get_or_create(&labels)
+                .get()
+                .max(0)
+                .unsigned_abs()
+        };
+        let bytes = |flow: &'static str| {
+            ["egress", "ingress"]
+                .into_iter()
+                .map(|direction| {
+                    let labels = BytesLabels {
+                        remote_cluster: remote_cluster.to_owned(),
+                        direction,
+                        flow,
+                    };
+                    self.inner.bytes.get_or_create(&labels).get()
+                })
+                .sum()
+        };
+        LinkTraffic {
+            open_streams: open("egress") + open("ingress"),
+            bytes_to_remote: bytes("to_remote"),
+            bytes_from_remote: bytes("from_remote"),
+        }
     }
 
     /// Every family in the OpenMetrics text format, `# EOF` included.

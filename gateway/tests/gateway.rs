@@ -744,6 +744,14 @@ async fn many_concurrent_tunnels_complete_and_leave_nothing_open() {
         })
         .await,
     );
+    // What the running pair (and this test) hold before the tunnels: tasks and file descriptors.
+    let alive_tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let open_fds = || std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count());
+    let (tasks_before, fds_before) = (alive_tasks(), open_fds());
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..TUNNELS {
         let world = world.clone();
@@ -781,6 +789,28 @@ async fn many_concurrent_tunnels_complete_and_leave_nothing_open() {
         r#"gateway_open_streams{remote_cluster="west",direction="ingress"} 0"#,
     )
     .await;
+    // Nothing is left behind: the tunnels' tasks and sockets are gone once they have closed.
+    // Tasks are this test's runtime's own, with slack for the warm links: under this load the
+    // pair opens up to its per-peer limit of QUIC connections, each with its own tasks on both
+    // sides, and keeps them;
+    // file descriptors are the whole process's, shared with tests running alongside, hence the
+    // wider slack, still far below the thousands a leak of these tunnels would leave.
+    let settled =
+        |(tasks, fds): (usize, usize)| tasks <= tasks_before + 32 && fds <= fds_before + 200;
+    let mut left = (alive_tasks(), open_fds());
+    for _ in 0..100 {
+        if settled(left) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = (alive_tasks(), open_fds());
+    }
+    assert!(
+        settled(left),
+        "tasks {tasks_before} -> {}, file descriptors {fds_before} -> {}",
+        left.0,
+        left.1
+    );
 }
 
 #[tokio::test]
@@ -877,13 +907,31 @@ async fn the_admin_server_shows_metrics_readiness_and_links() {
     let admin = world.west_gw.admin.unwrap();
     let (status, body) = admin_get(admin, "/links").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert_eq!(body, "east disconnected\n");
+    assert_eq!(
+        body,
+        "east disconnected open_streams=0 bytes_to_remote=0 bytes_from_remote=0\n"
+    );
 
     let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
     assert_eq!(echo(&mut stream, b"hello").await, b"hello");
     let (_, body) = admin_get(admin, "/links").await;
     let expected = format!("east connected remote={} rtt_ms=", world.east_gw.quic);
     assert!(body.starts_with(&expected), "{body}");
+    // Once the tunnel is over, its bytes count for the link.
+    drop(stream);
+    let mut carried = false;
+    for _ in 0..100 {
+        let (_, body) = admin_get(admin, "/links").await;
+        if body.contains(" open_streams=0 ") && !body.contains("bytes_to_remote=0 ") {
+            carried = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        carried,
+        "the finished tunnel's bytes never showed on /links"
+    );
 
     let (status, body) = admin_get(admin, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
