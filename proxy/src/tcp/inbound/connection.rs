@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::metered::{ByteCounts, Metered};
 use super::{InboundConfig, InboundError, InboundEvent};
-use crate::detect::{Detection, Detector, Protocol};
+use crate::detect::{Protocol, detect_stream};
 use crate::drain;
 use crate::http::inbound::{AppClients, HopConnection};
 use crate::http::plain::{PlainConnection, serve_plain};
@@ -37,10 +37,6 @@ use crate::orig_dst::{self, OrigDstError};
 use crate::tcp::replay::Replay;
 use crate::tcp::splice::{Transferred, splice};
 use crate::transport_header::{MAX_TRANSPORT_HEADER_LEN, MeshTransportHeader};
-
-/// How much is read from the socket at a time during detection. Detection buffers at most
-/// [`crate::detect::MAX_DETECT_BYTES`] in all.
-const DETECT_READ_CHUNK: usize = 4 * 1024;
 
 /// What the listener shares with each connection.
 pub(super) struct Shared<'a> {
@@ -59,6 +55,17 @@ impl Shared<'_> {
             denied: &self.config.denied_ports,
         }
     }
+}
+
+/// A connection that is not meshed, with what is known of it so far.
+struct Redirected {
+    tcp: TcpStream,
+    /// Its original destination, as the kernel reported it when the connection was accepted.
+    original: Result<SocketAddr, OrigDstError>,
+    protocol: Protocol,
+    /// The bytes detection read, to be replayed.
+    buffered: BytesMut,
+    client: SocketAddr,
 }
 
 /// What detection found.
@@ -86,7 +93,9 @@ pub(super) async fn serve(
     // A redirected connection to an opaque port (a server-speaks-first protocol, whose client
     // sends nothing first) is forwarded without waiting for detection. Meshed peers dial the
     // inbound port itself, so they are never redirected and always detected.
-    let redirected_opaque = orig_dst::original_destination(&tcp)
+    let original = orig_dst::original_destination(&tcp);
+    let redirected_opaque = original
+        .as_ref()
         .is_ok_and(|original| shared.config.opaque_ports.contains(&original.port()));
     let detected = if redirected_opaque {
         Ok(Detected::Plain {
@@ -99,7 +108,14 @@ pub(super) async fn serve(
     match detected {
         Ok(Detected::Meshed(hello)) => serve_meshed(tcp, hello, client, &shared, watch).await,
         Ok(Detected::Plain { protocol, buffered }) => {
-            match forward_redirected(tcp, protocol, buffered, client, &shared, watch).await {
+            let redirected = Redirected {
+                tcp,
+                original,
+                protocol,
+                buffered,
+                client,
+            };
+            match forward_redirected(redirected, &shared, watch).await {
                 Ok(transferred) => {
                     tracing::debug!(%transferred, "redirected connection closed");
                     (None, Ok(transferred))
@@ -231,15 +247,18 @@ async fn serve_meshed(
 /// (`mesh-client-id`) are removed on the way (see [`crate::http::plain`]); anything else goes as
 /// opaque bytes, detection's replayed first.
 async fn forward_redirected(
-    tcp: TcpStream,
-    protocol: Protocol,
-    buffered: BytesMut,
-    client: SocketAddr,
+    redirected: Redirected,
     shared: &Shared<'_>,
     watch: drain::Watch,
 ) -> Result<Transferred, InboundError> {
+    let Redirected {
+        tcp,
+        original,
+        protocol,
+        buffered,
+        client,
+    } = redirected;
     let config = shared.config;
-    let original = orig_dst::original_destination(&tcp);
     let target = redirect_target(original, config.local_app_ip, &shared.own_ports())?;
     let Some((original, app_addr)) = target else {
         return Err(InboundError::NotMeshed {
@@ -326,32 +345,18 @@ fn check_port(port: u16, own: &OwnPorts<'_>) -> Result<(), InboundError> {
 /// Reads until detection decides, within `detect_timeout`: a ClientHello offering a mesh ALPN,
 /// or anything else, with the bytes read.
 async fn detect(tcp: &mut TcpStream, detect_timeout: Duration) -> Result<Detected, InboundError> {
-    let deadline = Instant::now() + detect_timeout;
-    let mut detector = Detector::new();
-    let mut chunk = [0u8; DETECT_READ_CHUNK];
-    let verdict = loop {
-        // Never zero: the detector asks for no more only once it has decided.
-        let want = detector.max_read().min(chunk.len());
-        match timeout_at(deadline, tcp.read(&mut chunk[..want])).await {
-            // Quiet or closed: what is there is all there will be.
-            Err(_) | Ok(Ok(0)) => break detector.decide_on_timeout(),
-            Ok(Ok(n)) => match detector.push(&chunk[..n]) {
-                Detection::NeedMore => {}
-                Detection::Decided(protocol) => break Ok(protocol),
-                Detection::Refused(refusal) => break Err(refusal),
-            },
-            Ok(Err(e)) => return Err(InboundError::Detect(e)),
-        }
-    };
-    match verdict {
+    let detected = detect_stream(tcp, detect_timeout)
+        .await
+        .map_err(InboundError::Detect)?;
+    match detected.verdict {
         Ok(Protocol::Tls(hello))
             if hello.offers_alpn(ALPN_OPAQUE) || hello.offers_alpn(ALPN_H2) =>
         {
-            Ok(Detected::Meshed(detector.into_buffered()))
+            Ok(Detected::Meshed(detected.buffered))
         }
         Ok(protocol) => Ok(Detected::Plain {
             protocol,
-            buffered: detector.into_buffered(),
+            buffered: detected.buffered,
         }),
         Err(refusal) => Err(InboundError::Refused(refusal)),
     }
