@@ -50,6 +50,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::active::{ActiveGuard, ActiveStreams};
 use super::error_chain::chain;
 use super::orig_proto::{self, ORIG_PROTO, OrigProtoError, UPGRADE_STATUS};
+use super::upgrade::splice_upgraded;
 use super::{Body, BoxError};
 use crate::discovery::TunnelMeta;
 use crate::outbound::{OutboundError, OutboundTls};
@@ -652,23 +653,6 @@ fn refused_unprocessed(error: &hyper::Error) -> bool {
         cause = e.source();
     }
     false
-}
-
-/// Splices the caller's upgraded connection and the CONNECT stream once both are ready.
-async fn splice_upgraded(client: OnUpgrade, hop: OnUpgrade, idle: Duration, proxy: SocketAddr) {
-    let (client, hop) = match tokio::join!(client, hop) {
-        (Ok(client), Ok(hop)) => (client, hop),
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::debug!(%proxy, %error, "outbound upgrade failed before the splice");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut hop = TokioIo::new(hop);
-    match tcp::splice(&mut client, &mut hop, idle).await {
-        Ok(transferred) => tracing::debug!(%proxy, %transferred, "outbound upgrade closed"),
-        Err(error) => tracing::debug!(%proxy, %error, "outbound upgrade closed"),
-    }
 }
 
 fn empty() -> Body {

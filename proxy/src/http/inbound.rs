@@ -43,11 +43,11 @@ use tokio::time::Instant;
 use super::active::ActiveStreams;
 use super::app::{AppClient, AppClientConfig, AppError};
 use super::orig_proto::{self, ORIG_PROTO, UPGRADE_STATUS};
+use super::upgrade::splice_upgraded;
 use super::{Body, BoxError};
 use crate::drain;
 use crate::metrics::{Classification, Direction, LabelValue, Labels, ProxyMetrics, TlsStatus};
 use crate::tap::{RequestEvent, Tap};
-use crate::tcp::splice;
 
 /// Request header the inbound side sets to the caller's SPIFFE ID (`spiffe://...`).
 ///
@@ -384,24 +384,6 @@ impl Forward {
             }
         }
         (Response::from_parts(parts, empty()), status)
-    }
-}
-
-/// Splices the peer's CONNECT stream and the application's upgraded connection once both are
-/// ready.
-async fn splice_upgraded(peer_io: OnUpgrade, app_io: OnUpgrade, idle: Duration, peer: &SpiffeId) {
-    let (peer_io, app_io) = match tokio::join!(peer_io, app_io) {
-        (Ok(peer_io), Ok(app_io)) => (peer_io, app_io),
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::debug!(%peer, %error, "inbound upgrade failed before the splice");
-            return;
-        }
-    };
-    let mut peer_io = TokioIo::new(peer_io);
-    let mut app_io = TokioIo::new(app_io);
-    match splice(&mut peer_io, &mut app_io, idle).await {
-        Ok(transferred) => tracing::debug!(%peer, %transferred, "inbound upgrade closed"),
-        Err(error) => tracing::debug!(%peer, %error, "inbound upgrade closed"),
     }
 }
 

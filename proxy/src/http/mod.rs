@@ -22,6 +22,7 @@ pub mod inbound;
 pub mod orig_proto;
 pub(crate) mod plain;
 pub(crate) mod server;
+pub(crate) mod upgrade;
 
 pub use self::app::{AppClient, AppClientConfig, AppError};
 pub use self::client::{H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};

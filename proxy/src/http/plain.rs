@@ -16,7 +16,6 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -24,6 +23,7 @@ use super::app::AppClient;
 use super::inbound::{CLIENT_ID, PROXY_ERROR};
 use super::orig_proto::{ORIG_PROTO, UPGRADE_STATUS, remove_hop_by_hop};
 use super::server::{ServerLimits, serve_connection};
+use super::upgrade::splice_upgraded;
 use super::{Body, BoxError};
 use crate::drain;
 use crate::metrics::{Classification, Direction, LabelValue, Labels, ProxyMetrics, TlsStatus};
@@ -127,7 +127,12 @@ async fn forward(conn: &PlainConnection, mut req: Request<Incoming>) -> Response
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client) = client_upgrade {
                     let app = hyper::upgrade::on(&mut response);
-                    tokio::spawn(splice_upgraded(client, app, conn.upgrade_idle_timeout));
+                    tokio::spawn(splice_upgraded(
+                        client,
+                        app,
+                        conn.upgrade_idle_timeout,
+                        conn.client,
+                    ));
                 }
             }
             strip_hop_by_hop(response.headers_mut());
@@ -179,27 +184,6 @@ async fn forward(conn: &PlainConnection, mut req: Request<Incoming>) -> Response
         });
     }
     response
-}
-
-/// Once both sides have switched protocols, moves bytes both ways until both close or the
-/// stream idles out.
-pub(crate) async fn splice_upgraded(
-    client: hyper::upgrade::OnUpgrade,
-    app: hyper::upgrade::OnUpgrade,
-    idle: Duration,
-) {
-    let (client, app) = match tokio::join!(client, app) {
-        (Ok(client), Ok(app)) => (client, app),
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::debug!(%error, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut app = TokioIo::new(app);
-    if let Err(error) = crate::tcp::splice(&mut client, &mut app, idle).await {
-        tracing::debug!(%error, "upgraded stream closed");
-    }
 }
 
 #[cfg(test)]

@@ -41,8 +41,9 @@ use crate::drain;
 use crate::http::active::hold_until_done;
 use crate::http::app::{AppClient, AppClientConfig, AppError};
 use crate::http::client::{ConnectError, H2ClientConfig, HttpHopError, MeshEndpoint, MeshH2Client};
-use crate::http::plain::{splice_upgraded, strip_hop_by_hop};
+use crate::http::plain::strip_hop_by_hop;
 use crate::http::server::{ServerLimits, serve_connection};
+use crate::http::upgrade::splice_upgraded;
 use crate::http::{Body, BoxError};
 use crate::metrics::{Classification, Direction, Labels, TlsStatus};
 use crate::retry::{self, Failure};
@@ -116,7 +117,12 @@ impl HttpClients {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 let upstream = hyper::upgrade::on(&mut response);
-                tokio::spawn(splice_upgraded(client, upstream, self.upgrade_idle_timeout));
+                tokio::spawn(splice_upgraded(
+                    client,
+                    upstream,
+                    self.upgrade_idle_timeout,
+                    addr,
+                ));
             }
         }
         Ok(response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed()))
