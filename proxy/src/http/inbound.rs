@@ -28,10 +28,9 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -127,12 +126,12 @@ struct Seen {
 
 /// A request the proxy answered itself.
 #[derive(Debug)]
-struct Failure {
+pub(crate) struct Failure {
     status: StatusCode,
     /// Short and fixed: it reaches the caller.
     reason: &'static str,
     /// The whole story, for the log and the tap.
-    detail: String,
+    pub(crate) detail: String,
 }
 
 // === impl InboundHttpConfig ===
@@ -440,7 +439,7 @@ impl Seen {
 // === impl Failure ===
 
 impl Failure {
-    fn app(error: AppError) -> Self {
+    pub(crate) fn app(error: AppError) -> Self {
         let reason = match &error {
             AppError::Connect { .. } => "the application refused the connection",
             AppError::ConnectTimeout { .. } => "the application did not accept the connection",
@@ -455,19 +454,7 @@ impl Failure {
         }
     }
 
-    fn response(&self) -> Response<Body> {
-        let mut response = Response::new(
-            Full::new(Bytes::from(format!("{}\n", self.reason)))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert(PROXY_ERROR, HeaderValue::from_static(self.reason));
-        response
+    pub(crate) fn response(&self) -> Response<Body> {
+        super::proxy_error_response(self.status, self.reason)
     }
 }

@@ -35,3 +35,28 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type the proxy moves requests and responses in.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A response the proxy makes itself: `status`, `reason` as a one-line text body, and `reason`
+/// in [`PROXY_ERROR`] so that callers (and the next proxy) can tell it from the application's.
+/// Control characters (from an authority, say) cannot go in a header value; the header is
+/// informational, so they are dropped from it rather than failing the response.
+pub(crate) fn proxy_error_response(status: http::StatusCode, reason: &str) -> http::Response<Body> {
+    use http_body_util::BodyExt;
+
+    let mut response = http::Response::new(
+        http_body_util::Full::new(Bytes::from(format!("{reason}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let printable: String = reason.chars().filter(|c| !c.is_control()).collect();
+    if let Ok(value) = http::HeaderValue::from_str(&printable) {
+        headers.insert(PROXY_ERROR, value);
+    }
+    response
+}

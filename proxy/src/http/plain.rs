@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::app::AppClient;
-use super::inbound::{CLIENT_ID, PROXY_ERROR};
+use super::inbound::{CLIENT_ID, Failure, PROXY_ERROR};
 use super::orig_proto::{ORIG_PROTO, UPGRADE_STATUS, remove_hop_by_hop};
 use super::server::{ServerLimits, serve_connection};
 use super::upgrade::splice_upgraded;
@@ -141,15 +141,10 @@ async fn forward(conn: &PlainConnection, mut req: Request<Incoming>) -> Response
             (response, None)
         }
         Err(error) => {
-            let message = error.to_string();
-            tracing::info!(client = %conn.client, error = %message, "plaintext inbound request failed");
-            let mut response = Response::new(
-                Full::new(bytes::Bytes::from(format!("{message}\n")))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            );
-            *response.status_mut() = error.status();
-            (response, Some(message))
+            // The same short answer as on the meshed hop: the details stay in the log.
+            let failure = Failure::app(error);
+            tracing::info!(client = %conn.client, error = %failure.detail, "plaintext inbound request failed");
+            (failure.response(), Some(failure.detail))
         }
     };
 

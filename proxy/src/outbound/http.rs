@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
@@ -44,14 +44,14 @@ use crate::http::client::{ConnectError, H2ClientConfig, HttpHopError, MeshEndpoi
 use crate::http::plain::strip_hop_by_hop;
 use crate::http::server::{ServerLimits, serve_connection};
 use crate::http::upgrade::splice_upgraded;
-use crate::http::{Body, BoxError};
+use crate::http::{Body, BoxError, proxy_error_response};
 use crate::metrics::{Classification, Direction, Labels, TlsStatus};
 use crate::retry::{self, Failure};
 use crate::split::Split;
 use crate::tap::RequestEvent;
 
 /// The header on responses the proxy made itself, saying why.
-pub const PROXY_ERROR_HEADER: &str = "mesh-proxy-error";
+pub use crate::http::PROXY_ERROR as PROXY_ERROR_HEADER;
 
 /// Plain-HTTP clients kept (one per address, each with its pool) before unused ones are dropped.
 const MAX_PLAIN_CLIENTS: usize = 1024;
@@ -345,18 +345,7 @@ fn failed(
 ) -> Outcome {
     tracing::info!(%error, "request failed");
     let message = error.to_string();
-    let mut response = Response::new(
-        Full::new(Bytes::from(format!("{message}\n")))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = error.status();
-    // Control characters (from an authority, say) cannot go in a header value; the message is
-    // informational, so they are dropped rather than failing the response.
-    let printable: String = message.chars().filter(|c| !c.is_control()).collect();
-    if let Ok(value) = HeaderValue::from_str(&printable) {
-        response.headers_mut().insert(PROXY_ERROR_HEADER, value);
-    }
+    let response = proxy_error_response(error.status(), &message);
     Outcome {
         response,
         endpoint,
