@@ -60,3 +60,16 @@ pub(crate) fn proxy_error_response(status: http::StatusCode, reason: &str) -> ht
     }
     response
 }
+
+/// The authority a request names: its URI's (HTTP/2, absolute-form) or its Host header.
+pub(crate) fn request_authority<B>(req: &http::Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        })
+}

@@ -105,17 +105,7 @@ async fn forward(conn: &PlainConnection, mut req: Request<Incoming>) -> Response
     strip_hop_by_hop(req.headers_mut());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let authority = super::request_authority(&req).unwrap_or_default();
     let client_upgrade = req
         .headers()
         .contains_key(http::header::UPGRADE)

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::CONTENT_LENGTH;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
@@ -44,7 +44,7 @@ use crate::http::client::{ConnectError, H2ClientConfig, HttpHopError, MeshEndpoi
 use crate::http::plain::strip_hop_by_hop;
 use crate::http::server::{ServerLimits, serve_connection};
 use crate::http::upgrade::splice_upgraded;
-use crate::http::{Body, BoxError, proxy_error_response};
+use crate::http::{Body, BoxError, proxy_error_response, request_authority};
 use crate::metrics::{Classification, Direction, Labels, TlsStatus};
 use crate::retry::{self, Failure};
 use crate::split::Split;
@@ -236,7 +236,8 @@ async fn handle(
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Only the tap wants the path; no allocation for it on requests nobody watches.
+    let path = ctx.tap.is_active().then(|| req.uri().path().to_owned());
     let authority = request_authority(&req);
     let target = match route {
         Route::OrigDst(addr) => Ok(Target::Addr(*addr)),
@@ -290,7 +291,7 @@ async fn handle(
             direction: Direction::Outbound,
             method,
             authority: labels.authority.as_str().to_owned(),
-            path,
+            path: path.unwrap_or_default(),
             status: Some(status),
             error: outcome.error.clone(),
             latency,
@@ -653,19 +654,6 @@ fn parts_clone(parts: &http::request::Parts) -> http::request::Parts {
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     request.into_parts().0
-}
-
-/// The authority a request names: its URI's (HTTP/2, absolute-form) or its Host header.
-fn request_authority<B>(req: &Request<B>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_ascii_lowercase())
-        .or_else(|| {
-            req.headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_ascii_lowercase)
-        })
 }
 
 /// `host:port`, with port 80 when the authority has none.
