@@ -4,12 +4,14 @@
 //!   generated from `proto/mesh/*.proto`, one module per `v1` package.
 //! - [`frame`]: the length-delimited codec that carries tunnel frames on a byte stream.
 //! - [`crd`]: the Kubernetes custom resources (`Link`, `TrafficSplit`).
+//! - [`duration`]: how durations are written in flags, environment variables and manifests.
 //! - [`labels`], [`ports`]: well-known label names, default ports and ALPN protocol names.
 //!
 //! Everything here is shared by several parts, so a change is a change of contract: add fields and
 //! variants, never renumber or rename them.
 
 pub mod crd;
+pub mod duration;
 pub mod frame;
 pub mod labels;
 pub mod ports;

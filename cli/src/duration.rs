@@ -1,42 +1,18 @@
-//! Durations on the command line: a whole number and a unit, `90s`, `30m`, `24h`, `365d`.
+//! Lifetimes on the command line: a whole number and a unit, `90s`, `30m`, `24h`, `365d`.
 
 use std::time::Duration;
 
-const MAX_SECS: u64 = 36_500 * 86_400;
+/// The longest lifetime: a hundred years.
+const MAX: Duration = Duration::from_secs(36_500 * 86_400);
 
-/// Parses `<n><unit>` with unit `s`, `m`, `h` or `d`.
+/// Parses `<n><unit>` as [`mesh_api::duration`] writes durations, for a lifetime: longer than
+/// zero, at most a hundred years.
 pub fn parse(input: &str) -> Result<Duration, String> {
-    let input = input.trim();
-    let split = input
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{input:?} has no unit; write it like 90s, 30m, 24h or 365d"))?;
-    let (number, unit) = input.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{input:?} does not start with a whole number; write it like 24h"))?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {input:?}; use s, m, h or d"
-            ));
-        }
-    };
-    let secs = n
-        .checked_mul(unit_secs)
-        .ok_or_else(|| format!("{input:?} is too long a duration"))?;
-    if secs == 0 {
+    let duration = mesh_api::duration::parse(input, MAX)?;
+    if duration.is_zero() {
         return Err("a lifetime must be longer than zero".into());
     }
-    if secs > MAX_SECS {
-        return Err(format!(
-            "{input:?} is longer than the 36500d (100 years) allowed"
-        ));
-    }
-    Ok(Duration::from_secs(secs))
+    Ok(duration)
 }
 
 #[cfg(test)]

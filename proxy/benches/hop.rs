@@ -69,10 +69,10 @@ struct Args {
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
     /// How long each scenario is measured (e.g. 10s, 500ms, 1m).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = mesh_proxy::run::cli::parse_duration)]
     duration: Duration,
     /// How long the same load runs, unmeasured, before each measurement.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = mesh_proxy::run::cli::parse_duration)]
     warmup: Duration,
     /// Keep-alive HTTP/1.1 connections the load is spread over.
     #[arg(long, default_value_t = 32)]
@@ -342,22 +342,4 @@ async fn bulk_run(
     let result = bulk::push(addr, args.bulk_mib.saturating_mul(MIB), BULK_LIMIT).await?;
     let usage = probe.finish()?;
     Ok(BulkRun { result, usage })
-}
-
-/// `10s`, `500ms`, `2m`, or a plain number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((s, "s"), |i| s.split_at(i));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 1m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
 }

@@ -416,37 +416,10 @@ pub fn parse_port_list(input: &str) -> Result<PortList, String> {
 /// a deadline computed from it.
 const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
 
-/// A whole number and a unit: `250ms`, `10s`, `5m`, `1h`, `2d`. Zero is allowed.
-///
-/// The `mesh` CLI has its own parser for certificate lifetimes (whole seconds and longer); this
-/// one also takes milliseconds, which timeouts need.
+/// A whole number and a unit: `250ms`, `10s`, `5m`, `1h`, `2d` ([`mesh_api::duration`]), at
+/// most a year. Zero is allowed.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    let input = input.trim();
-    let split = input
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{input:?} has no unit; write it like 250ms, 10s, 5m or 1h"))?;
-    let (number, unit) = input.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{input:?} does not start with a whole number; write it like 10s"))?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {input:?}; use ms, s, m, h or d"
-            ));
-        }
-    };
-    let duration = n
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .filter(|d| *d <= MAX_DURATION)
-        .ok_or_else(|| format!("{input:?} is longer than the 366d allowed"))?;
-    Ok(duration)
+    mesh_api::duration::parse(input, MAX_DURATION)
 }
 
 /// A [`parse_duration`] that must be longer than zero: a zero timeout would fail everything.
