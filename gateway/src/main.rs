@@ -44,23 +44,9 @@ fn main() -> ExitCode {
             admin = ?gateway.admin_addr(),
             "gateway serving"
         );
-        gateway.run(shutdown_signal()).await;
+        gateway
+            .run(mesh_proxy::run::signals::shutdown_signals())
+            .await;
         ExitCode::SUCCESS
     })
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

@@ -47,7 +47,10 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(mesh_proxy::run::run(config, signals())) {
+    match runtime.block_on(mesh_proxy::run::run(
+        config,
+        mesh_proxy::run::signals::shutdown_signals(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
@@ -68,35 +71,4 @@ fn init(args: &InitArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Completes at the first SIGTERM or SIGINT, which starts the drain. A second one ends the
-/// process at once, for an operator who will not wait for the grace period.
-async fn signals() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::error!(
-                "cannot listen for signals ({error}); stop the proxy with POST /shutdown"
-            );
-            return std::future::pending().await;
-        }
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutting down");
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting without waiting for the drain");
-        std::process::exit(1);
-    });
 }

@@ -24,6 +24,7 @@ pub mod config;
 mod controller;
 pub mod identity;
 pub mod logging;
+pub mod signals;
 
 use std::fmt;
 use std::future::Future;
