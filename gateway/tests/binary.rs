@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,23 +18,13 @@ use mesh_proxy::tcp::{InboundConfig, serve_inbound};
 use mesh_proxy::transport_header::{Authority, MeshTransportHeader};
 use mesh_proxy::tunnel::connect_tunnelled;
 use mesh_test_support::pki::{Domain, bundles};
+use mesh_trust::PeerPolicy;
 use mesh_trust::tls::{self, CertResolver, WorkloadCredentials};
-use mesh_trust::{PeerPolicy, pem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-gateway");
 const SERVICE: &str = "echo.default.svc.cluster.local:7000";
-
-fn write_identity(dir: &Path, creds: &WorkloadCredentials) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("leaf.key"), pem::encode_private_key(&creds.key)).unwrap();
-    std::fs::write(
-        dir.join("leaf.crt"),
-        pem::encode_certificates(creds.chain.iter()),
-    )
-    .unwrap();
-}
 
 fn gateway_creds(domain: &Domain) -> WorkloadCredentials {
     let id = gateway_identity(&domain.td, "mesh").unwrap();
@@ -94,8 +84,8 @@ async fn two_gateway_processes_carry_a_tunnel_from_files() {
     set.merge(&east.bundle());
     std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
     set.save_pem_dir(&dir.path().join("bundle")).unwrap();
-    write_identity(&dir.path().join("west-gw"), &gateway_creds(&west));
-    write_identity(&dir.path().join("east-gw"), &gateway_creds(&east));
+    mesh_test_support::pki::write_identity_dir(&dir.path().join("west-gw"), &gateway_creds(&west));
+    mesh_test_support::pki::write_identity_dir(&dir.path().join("east-gw"), &gateway_creds(&east));
 
     // East: an echo app behind its inbound proxy.
     let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -233,7 +223,7 @@ fn a_bad_links_file_is_a_usage_error_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("links.json"), "{ not a list").unwrap();
     let west = Domain::new("west");
-    write_identity(&dir.path().join("gw"), &gateway_creds(&west));
+    mesh_test_support::pki::write_identity_dir(&dir.path().join("gw"), &gateway_creds(&west));
     std::fs::create_dir_all(dir.path().join("bundle")).unwrap();
     west.bundle()
         .save_pem_dir(&dir.path().join("bundle"))

@@ -8,6 +8,7 @@
 //! gateway restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use mesh_test_support::apps::echo_app;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,20 +45,6 @@ const HIDDEN: &str = "hidden.default.svc.cluster.local:80";
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a test waits for what it expects; only reached when it fails.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-async fn echo_app() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = conn.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
 
 fn test_timeouts() -> Timeouts {
     Timeouts {
@@ -177,7 +164,7 @@ impl World {
         let west = Domain::new("west.local");
         let east = Domain::new("east.local");
         let bundles = bundles(&[&west, &east]);
-        let app_port = echo_app().await;
+        let app_port = echo_app().await.port();
 
         // East's inbound proxy, reporting every connection.
         let inbound_tls = tls::server_config(

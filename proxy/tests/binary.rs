@@ -6,6 +6,7 @@
 //! line. Each child is killed if its test fails, so no process outlives the test run.
 #![allow(clippy::unwrap_used)]
 
+use mesh_test_support::apps::echo_app;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,9 +17,9 @@ use std::time::Duration;
 use mesh_api::ports::ALPN_OPAQUE;
 use mesh_test_support::pki::Domain;
 use mesh_trust::tls::{CertResolver, WorkloadCredentials};
-use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId, TrustBundleSet, pem, x509};
+use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId, TrustBundleSet, x509};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
@@ -60,7 +61,7 @@ impl World {
     /// Writes `creds` as `mesh trust issue` does, into the directory `name`.
     fn identity(&self, name: &str, creds: &WorkloadCredentials) -> PathBuf {
         let dir = self.path(name);
-        write_identity(&dir, creds);
+        mesh_test_support::pki::write_identity_dir(&dir, creds);
         dir
     }
 
@@ -97,33 +98,6 @@ impl World {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-fn write_identity(dir: &Path, creds: &WorkloadCredentials) {
-    std::fs::create_dir_all(dir).unwrap();
-    // Written aside and renamed into place, each file atomically, as a Secret volume updates.
-    for (name, body) in [
-        ("leaf.key", pem::encode_private_key(&creds.key)),
-        ("leaf.crt", pem::encode_certificates(creds.chain.iter())),
-    ] {
-        let aside = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&aside, body).unwrap();
-        std::fs::rename(&aside, dir.join(name)).unwrap();
-    }
-}
-
-async fn echo_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = conn.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
 }
 
 // === a proxy process ===
@@ -400,7 +374,7 @@ async fn a_leaf_replaced_on_disk_is_served_without_a_restart() {
     let renewed = world.east.creds("echo");
     let renewed_serial = x509::parse(&renewed.chain[0]).unwrap().serial;
     assert_ne!(before, renewed_serial);
-    write_identity(&dir, &renewed);
+    mesh_test_support::pki::write_identity_dir(&dir, &renewed);
     let deadline = Instant::now() + PATIENCE;
     loop {
         let now = served_serial(proxy.inbound, &client, &bundles, &echo).await;
@@ -415,7 +389,7 @@ async fn a_leaf_replaced_on_disk_is_served_without_a_restart() {
     assert_eq!(http(proxy.admin, "GET", "/ready").await, Some(200));
 
     // A leaf for another identity is refused; the current one stays.
-    write_identity(&dir, &world.east.creds("intruder"));
+    mesh_test_support::pki::write_identity_dir(&dir, &world.east.creds("intruder"));
     proxy
         .wait_for_log("keeping the current leaf certificate")
         .await;

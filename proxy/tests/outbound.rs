@@ -7,6 +7,7 @@ mod pki;
 #[path = "support/tunnel_gateway.rs"]
 mod tunnel_gateway;
 
+use mesh_test_support::apps::echo_app;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,22 +28,6 @@ use tunnel_gateway::{Answer, TunnelGateway};
 
 const SERVICE: &str = "echo.default.svc.cluster.local:7000";
 
-/// An app that echoes everything back.
-async fn echo_app() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = conn.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
-
 /// East's echo app behind its inbound proxy, and what a west client needs to reach it.
 struct Clusters {
     west: Domain,
@@ -60,7 +45,7 @@ impl Clusters {
         let west = Domain::new("west");
         let east = Domain::new("east");
         let bundles = pki::bundles(&[&west, &east]);
-        let app_port = echo_app().await;
+        let app_port = echo_app().await.port();
         let mut inbound = InboundConfig::new(pki::inbound_tls(&bundles, east.creds("echo")));
         inbound.events = events;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -7,6 +7,7 @@
 //! proxy's inbound listener reaches the echo app behind it and back.
 #![allow(clippy::unwrap_used)]
 
+use mesh_test_support::apps::echo_app;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use mesh_trust::ca::Validity;
 use mesh_trust::identity::{self, IdentityService, StaticTokens};
 use mesh_trust::rotation::RotationOptions;
 use mesh_trust::tls::{CertResolver, WorkloadCredentials};
-use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId, pem, x509};
+use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId, x509};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -124,20 +125,6 @@ fn serve_bundles_tls(
 }
 
 // === the proxy under test ===
-
-async fn echo_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = conn.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
 
 fn loopback(config: &mut ProxyConfig) {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -441,13 +428,7 @@ async fn tls_discovery_adds_linked_domains_to_the_bundle_file() {
     // The workload's files: its leaf, and a bundle that trusts only its own domain.
     let web = west.creds("web");
     let id_dir = tmp.path().join("identity");
-    std::fs::create_dir(&id_dir).unwrap();
-    std::fs::write(
-        id_dir.join("leaf.crt"),
-        pem::encode_certificates(web.chain.iter()),
-    )
-    .unwrap();
-    std::fs::write(id_dir.join("leaf.key"), pem::encode_private_key(&web.key)).unwrap();
+    mesh_test_support::pki::write_identity_dir(&id_dir, &web);
     let bundle = tmp.path().join("bundle");
     std::fs::create_dir(&bundle).unwrap();
     west.bundle().save_pem_dir(&bundle).unwrap();
@@ -560,13 +541,7 @@ async fn a_meshed_peer_cannot_reach_the_proxys_own_ports() {
     let tmp = tempfile::tempdir().unwrap();
     let web = west.creds("web");
     let id_dir = tmp.path().join("identity");
-    std::fs::create_dir(&id_dir).unwrap();
-    std::fs::write(
-        id_dir.join("leaf.crt"),
-        pem::encode_certificates(web.chain.iter()),
-    )
-    .unwrap();
-    std::fs::write(id_dir.join("leaf.key"), pem::encode_private_key(&web.key)).unwrap();
+    mesh_test_support::pki::write_identity_dir(&id_dir, &web);
     let bundle = tmp.path().join("bundle.json");
     let mut both = west.bundle();
     both.merge(&east.bundle());

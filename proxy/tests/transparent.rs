@@ -56,8 +56,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use mesh_test_support::pki::Domain;
-use mesh_trust::tls::WorkloadCredentials;
-use mesh_trust::{TrustBundleSet, pem};
+use mesh_trust::TrustBundleSet;
 use pod_network::PodNetwork;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -326,9 +325,9 @@ impl PodFiles {
         set.save_pem_dir(&bundle).unwrap();
 
         let west_identity = dir.path().join("west-identity");
-        write_identity(&west_identity, &west.creds(WEST_SA));
+        mesh_test_support::pki::write_identity_dir(&west_identity, &west.creds(WEST_SA));
         let east_identity = dir.path().join("east-identity");
-        write_identity(&east_identity, &east.creds(EAST_SA));
+        mesh_test_support::pki::write_identity_dir(&east_identity, &east.creds(EAST_SA));
 
         // The service answers both its cluster IP and its name, as the controller's would.
         let west_discovery = dir.path().join("west-discovery.json");
@@ -356,16 +355,6 @@ impl PodFiles {
             east_discovery,
         }
     }
-}
-
-fn write_identity(dir: &Path, creds: &WorkloadCredentials) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("leaf.key"), pem::encode_private_key(&creds.key)).unwrap();
-    std::fs::write(
-        dir.join("leaf.crt"),
-        pem::encode_certificates(creds.chain.iter()),
-    )
-    .unwrap();
 }
 
 /// Hands `path` and everything under it to the proxy uid.

@@ -9,6 +9,7 @@ mod pki;
 #[path = "support/tunnel_gateway.rs"]
 mod tunnel_gateway;
 
+use mesh_test_support::apps::echo_app;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,22 +42,6 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a test waits for anything it expects; only reached when the test fails.
 const PATIENCE: Duration = Duration::from_secs(5);
 
-/// An app that echoes everything back.
-async fn echo_app() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = conn.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
-
 /// West (the calling proxy and its gateway's PKI) and east (the echo app behind its inbound
 /// proxy, which reports every connection).
 struct Mesh {
@@ -76,7 +61,7 @@ impl Mesh {
         let west = Domain::new("west");
         let east = Domain::new("east");
         let bundles = pki::bundles(&[&west, &east]);
-        let app_port = echo_app().await;
+        let app_port = echo_app().await.port();
 
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut config = InboundConfig::new(pki::inbound_tls(&bundles, east.creds("echo")));

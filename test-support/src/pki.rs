@@ -61,3 +61,20 @@ pub fn bundles(domains: &[&Domain]) -> SharedTrustBundles {
     }
     SharedTrustBundles::new(set)
 }
+
+/// Writes `creds` as `mesh trust issue` does: `dir/leaf.crt` (the leaf, then its issuer) and
+/// `dir/leaf.key`, each written aside and renamed into place, as a Secret volume updates.
+pub fn write_identity_dir(dir: &std::path::Path, creds: &WorkloadCredentials) {
+    std::fs::create_dir_all(dir).expect("create the identity directory");
+    for (name, body) in [
+        ("leaf.key", mesh_trust::pem::encode_private_key(&creds.key)),
+        (
+            "leaf.crt",
+            mesh_trust::pem::encode_certificates(creds.chain.iter()),
+        ),
+    ] {
+        let aside = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&aside, body).expect("write an identity file");
+        std::fs::rename(&aside, dir.join(name)).expect("move an identity file into place");
+    }
+}
