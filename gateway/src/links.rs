@@ -406,55 +406,13 @@ impl LinkTable {
             }
         })?;
         let connector = TlsConnector::from(Arc::new(config));
-        let (addrs, mut failures) = self.resolve(&link).await;
-        for addr in addrs {
-            let started = Instant::now();
-            let attempt = async {
-                let tcp = TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| (ConnectReason::Handshake, format!("connect: {e}")))?;
-                let _ = tcp.set_nodelay(true);
-                let name = ServerName::IpAddress(addr.ip().into());
-                connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| (ConnectReason::Handshake, format!("handshake failed: {e}")))
-            };
-            let result = match timeout(self.connect_timeout, attempt).await {
-                Ok(result) => result,
-                Err(_) => Err((ConnectReason::Timeout, "timed out".to_owned())),
-            };
-            let checked = result.and_then(|stream| {
-                let session = stream.get_ref().1;
-                let found = connection_peer_identity(session);
-                if session.alpn_protocol() != Some(ALPN_GATEWAY) {
-                    Err((ConnectReason::Handshake, "no mesh.gw ALPN".to_owned()))
-                } else if found.as_ref() != Some(&link.gateway_identity) {
-                    let message =
-                        format!("presented {found:?}, expected {}", link.gateway_identity);
-                    Err((ConnectReason::Identity, message))
-                } else {
-                    Ok(stream)
-                }
-            });
-            match checked {
-                Ok(stream) => {
-                    self.metrics.handshake(started.elapsed());
-                    return Ok(stream);
-                }
-                Err((reason, error)) => {
-                    self.metrics.connect_error(reason);
-                    failures.push(format!("{addr}: {error}"));
-                }
-            }
-        }
-        if failures.is_empty() {
-            failures.push("the link lists no address".to_owned());
-        }
-        Err(LinkError::Connect {
-            cluster: link.cluster,
-            reason: failures.join("; "),
-        })
+        self.first_that_connects(&link, |addr| self.handshake_tcp(&connector, &link, addr))
+            .await
+            .map(|(stream, _)| stream)
+            .map_err(|reason| LinkError::Connect {
+                cluster: link.cluster.clone(),
+                reason,
+            })
     }
 
     /// The link's addresses, host names resolved now; and what failed to resolve.
@@ -493,13 +451,71 @@ impl LinkTable {
             self.metrics.connect_error(ConnectReason::Config);
             error.to_string()
         })?;
+        let (connection, addr) = self
+            .first_that_connects(link, |addr| {
+                self.handshake(endpoint, link, config.clone(), addr)
+            })
+            .await?;
+        tracing::info!(cluster = %link.cluster, %addr, "connected to linked gateway");
+        Ok(connection)
+    }
+
+    /// TCP mode, one address: TCP, then TLS requiring the link's gateway identity and `mesh.gw`.
+    async fn handshake_tcp(
+        &self,
+        connector: &TlsConnector,
+        link: &Link,
+        addr: SocketAddr,
+    ) -> Result<TlsStream<TcpStream>, (ConnectReason, String)> {
+        let started = Instant::now();
+        let attempt = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| (ConnectReason::Handshake, format!("connect: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::IpAddress(addr.ip().into());
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| (ConnectReason::Handshake, format!("handshake failed: {e}")))
+        };
+        let result = match timeout(self.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err((ConnectReason::Timeout, "timed out".to_owned())),
+        };
+        let checked = result.and_then(|stream| {
+            let session = stream.get_ref().1;
+            let found = connection_peer_identity(session);
+            if session.alpn_protocol() != Some(ALPN_GATEWAY) {
+                Err((ConnectReason::Handshake, "no mesh.gw ALPN".to_owned()))
+            } else if found.as_ref() != Some(&link.gateway_identity) {
+                let message = format!("presented {found:?}, expected {}", link.gateway_identity);
+                Err((ConnectReason::Identity, message))
+            } else {
+                Ok(stream)
+            }
+        });
+        if checked.is_ok() {
+            self.metrics.handshake(started.elapsed());
+        }
+        checked
+    }
+
+    /// Tries `attempt` on each of the link's addresses in turn (host names resolved now) until
+    /// one succeeds, counting each failure by its reason. When none does, the failures, joined.
+    async fn first_that_connects<T, F, Fut>(
+        &self,
+        link: &Link,
+        mut attempt: F,
+    ) -> Result<(T, SocketAddr), String>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = Result<T, (ConnectReason, String)>>,
+    {
         let (addrs, mut failures) = self.resolve(link).await;
         for addr in addrs {
-            match self.handshake(endpoint, link, config.clone(), addr).await {
-                Ok(connection) => {
-                    tracing::info!(cluster = %link.cluster, %addr, "connected to linked gateway");
-                    return Ok(connection);
-                }
+            match attempt(addr).await {
+                Ok(connected) => return Ok((connected, addr)),
                 Err((reason, error)) => {
                     self.metrics.connect_error(reason);
                     failures.push(format!("{addr}: {error}"));
