@@ -210,19 +210,7 @@ impl Gateway {
             config.reconnect,
             config.metrics.clone(),
         ));
-        let ingress = Arc::new(Ingress::new(
-            config.cluster.clone(),
-            config.links.clone(),
-            config.exports.clone(),
-            config.discovery.clone(),
-            config.inbound_port,
-            timeouts,
-            config.balance,
-            config.metrics.clone(),
-            config.max_connections_per_peer,
-            usize::try_from(config.max_streams_per_connection).unwrap_or(usize::MAX),
-            cut_rx.clone(),
-        ));
+        let ingress = Arc::new(Ingress::new(&config, cut_rx.clone()));
         let (drain, watch) = drain::channel();
         // The admin server answers through the drain (`/ready` turns 503) and stops last.
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ExportWatch, LinkWatch, Timeouts};
+use crate::config::{ExportWatch, GatewayConfig, LinkWatch, Timeouts};
 use crate::metrics::{Direction, GatewayMetrics};
 use crate::open::{self, BadRequest, MAX_OPEN_REQUEST_LEN, MAX_OPEN_RESPONSE_LEN, StreamRequest};
 use crate::quic;
@@ -97,33 +97,22 @@ enum Opened {
 }
 
 impl Ingress {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        cluster: String,
-        links: LinkWatch,
-        exports: ExportWatch,
-        discovery: Arc<dyn Resolve>,
-        inbound_port: u16,
-        timeouts: Timeouts,
-        balance: BalanceConfig,
-        metrics: GatewayMetrics,
-        max_connections_per_peer: usize,
-        max_streams_per_connection: usize,
-        cut: Cut,
-    ) -> Self {
+    /// Ingress as `config` sets it up; `cut` tells running tunnels the drain deadline passed.
+    pub(crate) fn new(config: &GatewayConfig, cut: Cut) -> Self {
         Self {
             cut,
-            metrics,
-            max_connections_per_peer,
-            max_streams_per_connection,
+            metrics: config.metrics.clone(),
+            max_connections_per_peer: config.max_connections_per_peer,
+            max_streams_per_connection: usize::try_from(config.max_streams_per_connection)
+                .unwrap_or(usize::MAX),
             peers: Arc::new(Mutex::new(HashMap::new())),
-            cluster,
-            links,
-            exports,
-            discovery,
-            inbound_port,
-            timeouts,
-            balance,
+            cluster: config.cluster.clone(),
+            links: config.links.clone(),
+            exports: config.exports.clone(),
+            discovery: config.discovery.clone(),
+            inbound_port: config.inbound_port,
+            timeouts: config.timeouts,
+            balance: config.balance,
             services: Mutex::new(HashMap::new()),
         }
     }
