@@ -523,6 +523,8 @@ impl Store {
         propagation: Propagation,
     ) -> Result<(Value, bool), StoreError> {
         let current = self.get(gvr, namespace, name)?;
+        // Before anything changes: orphaning edits the dependents first.
+        check_precondition(gvr, name, &current, precondition_rv)?;
         let uid = current
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
@@ -541,17 +543,6 @@ impl Store {
         match propagation {
             Propagation::Background => {}
             Propagation::Orphan => {
-                if let Some(rv) = precondition_rv
-                    && Some(rv)
-                        != current
-                            .pointer("/metadata/resourceVersion")
-                            .and_then(Value::as_str)
-                {
-                    return Err(StoreError::Conflict {
-                        resource: gvr.resource.clone(),
-                        name: name.to_string(),
-                    });
-                }
                 for (g, ns, n) in dependents {
                     if let Ok(mut dependent) = self.get(&g, &ns, &n) {
                         if let Some(refs) = dependent
@@ -600,17 +591,7 @@ impl Store {
             .objects
             .get(&key)
             .ok_or_else(|| not_found(gvr, name))?;
-        if let Some(rv) = precondition_rv
-            && Some(rv)
-                != old
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-        {
-            return Err(StoreError::Conflict {
-                resource: gvr.resource.clone(),
-                name: name.to_string(),
-            });
-        }
+        check_precondition(gvr, name, old, precondition_rv)?;
         let previous = old.clone();
         let mut object = old.clone();
         if !finalizers(&object).is_empty() {
@@ -987,6 +968,29 @@ pub fn now_rfc3339() -> String {
         now.minute(),
         now.second()
     )
+}
+
+/// A delete's `preconditions.resourceVersion`, when given, must be the object's current one.
+fn check_precondition(
+    gvr: &Gvr,
+    name: &str,
+    object: &Value,
+    precondition_rv: Option<&str>,
+) -> Result<(), StoreError> {
+    match precondition_rv {
+        Some(rv)
+            if Some(rv)
+                != object
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str) =>
+        {
+            Err(StoreError::Conflict {
+                resource: gvr.resource.clone(),
+                name: name.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
