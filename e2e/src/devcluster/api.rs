@@ -619,16 +619,7 @@ impl Cluster {
             }
             (&Method::POST, None) => {
                 let object = parse_json(&body)?;
-                self.ensure_namespace(&target)?;
-                let mut store = self.store();
-                let mut created = store.create(&target.gvr, &namespace, object)?;
-                if target.gvr == resources::crd_gvr() {
-                    created = self.established(&mut store, created)?;
-                }
-                let revision = store.revision();
-                drop(store);
-                self.notify(revision);
-                Ok(json_response(StatusCode::CREATED, &created))
+                self.create(&target, object)
             }
             (&Method::PUT, Some(name)) => {
                 let object = parse_json(&body)?;
@@ -937,6 +928,12 @@ impl Cluster {
         if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("name".into(), json!(name));
         }
+        self.create(target, object)
+    }
+
+    /// Creates `object` in `target`'s namespace (which must exist); a created CRD is
+    /// established at once. Answers `201` with the stored object.
+    fn create(&self, target: &Target, object: Value) -> Result<Response<Body>, ApiError> {
         self.ensure_namespace(target)?;
         let namespace = target.namespace.clone().unwrap_or_default();
         let mut store = self.store();
