@@ -199,24 +199,11 @@ impl From<InvalidFilter> for Status {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::time::{Duration, SystemTime};
 
     use super::*;
 
     fn event(direction: Direction, authority: &str, path: &str) -> RequestEvent {
-        RequestEvent {
-            direction,
-            method: http::Method::GET,
-            authority: authority.to_owned(),
-            path: path.to_owned(),
-            status: Some(http::StatusCode::OK),
-            error: None,
-            latency: Duration::from_millis(1),
-            started: SystemTime::UNIX_EPOCH,
-            client_id: None,
-            server_id: None,
-            peer: None,
-        }
+        crate::tap::test_event(direction, authority, path)
     }
 
     fn filter(authority: &str, path_prefix: &str, direction: ProtoDirection) -> TapFilter {

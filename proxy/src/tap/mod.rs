@@ -107,3 +107,21 @@ impl Default for Tap {
         Self::new(DEFAULT_TAP_CAPACITY)
     }
 }
+
+/// A finished request for the tap's own tests: GET, 200, 1 ms, no identities.
+#[cfg(test)]
+pub(crate) fn test_event(direction: Direction, authority: &str, path: &str) -> RequestEvent {
+    RequestEvent {
+        direction,
+        method: http::Method::GET,
+        authority: authority.to_owned(),
+        path: path.to_owned(),
+        status: Some(http::StatusCode::OK),
+        error: None,
+        latency: Duration::from_millis(1),
+        started: SystemTime::UNIX_EPOCH,
+        client_id: None,
+        server_id: None,
+        peer: None,
+    }
+}

@@ -211,7 +211,6 @@ impl std::fmt::Debug for Observation {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::time::{Duration, SystemTime};
 
     use futures_util::FutureExt;
     use mesh_api::tap::tap_event::Kind;
@@ -220,19 +219,7 @@ mod tests {
     use crate::metrics::Direction;
 
     fn event(path: &str) -> RequestEvent {
-        RequestEvent {
-            direction: Direction::Inbound,
-            method: http::Method::GET,
-            authority: "web:80".to_owned(),
-            path: path.to_owned(),
-            status: Some(http::StatusCode::OK),
-            error: None,
-            latency: Duration::from_millis(1),
-            started: SystemTime::UNIX_EPOCH,
-            client_id: None,
-            server_id: None,
-            peer: None,
-        }
+        crate::tap::test_event(Direction::Inbound, "web:80", path)
     }
 
     fn path_of(item: Option<Result<TapEvent, Status>>) -> String {
