@@ -105,6 +105,17 @@ pub struct Running {
     pub maps: Vec<SocketAddr>,
 }
 
+impl Running {
+    /// The ports of every listener of this proxy.
+    pub fn ports(&self) -> std::collections::BTreeSet<u16> {
+        [self.inbound, self.outbound, self.admin, self.tap]
+            .iter()
+            .chain(&self.maps)
+            .map(SocketAddr::port)
+            .collect()
+    }
+}
+
 /// A proxy whose listeners are bound and whose files are read: [`Proxy::serve`] runs it.
 pub struct Proxy {
     admin: TcpListener,
@@ -551,18 +562,10 @@ fn start_listeners(
     inbound.idle_timeout = config.idle_timeout;
     inbound.max_connections = config.max_connections;
     inbound.opaque_ports = config.opaque_ports.clone();
-    // A meshed peer may never name one of this proxy's own ports.
-    inbound.denied_ports.extend(
-        [
-            running.inbound,
-            running.outbound,
-            running.admin,
-            running.tap,
-        ]
-        .iter()
-        .chain(&running.maps)
-        .map(SocketAddr::port),
-    );
+    // A meshed peer may never name one of this proxy's own ports, and nothing is passed
+    // through to them on the way out.
+    let own_ports = running.ports();
+    inbound.denied_ports.extend(&own_ports);
     inbound.metrics = Some(shared.metrics.clone());
     inbound.tap = Some(shared.tap.clone());
 
@@ -574,16 +577,7 @@ fn start_listeners(
         max_connections: config.max_connections,
         detect_timeout: config.detect_timeout,
         opaque_ports: config.opaque_ports.clone(),
-        proxy_ports: [
-            running.inbound,
-            running.outbound,
-            running.admin,
-            running.tap,
-        ]
-        .iter()
-        .chain(&running.maps)
-        .map(SocketAddr::port)
-        .collect(),
+        proxy_ports: own_ports,
         ..OutboundConfig::default()
     };
     let mut mapped = Vec::with_capacity(listeners.maps.len());
