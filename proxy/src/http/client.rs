@@ -432,10 +432,9 @@ impl Inner {
                     authority: Authority::parse(&tunnel.authority).ok().or(authority),
                     protocol: ProtocolHint::Http,
                 };
-                let own = self.tls.identity();
                 let (stream, _) = connect_tunnelled(
                     &self.tls,
-                    &own,
+                    self.tls.identity(),
                     tunnel,
                     Some(&key.identity),
                     ALPN_H2,

@@ -150,6 +150,7 @@ pub enum OutboundError {
 /// Client TLS for the meshed hop: one config per expected peer identity and ALPN, built once.
 #[derive(Debug)]
 pub struct OutboundTls {
+    identity: SpiffeId,
     bundles: SharedTrustBundles,
     certs: Arc<CertResolver>,
     configs: Mutex<HashMap<ConfigKey, Arc<rustls::ClientConfig>>>,
@@ -161,15 +162,17 @@ type ConfigKey = (SpiffeId, &'static [u8]);
 impl OutboundTls {
     pub fn new(bundles: SharedTrustBundles, certs: Arc<CertResolver>) -> Self {
         Self {
+            identity: certs.credentials().identity,
             bundles,
             certs,
             configs: Mutex::new(HashMap::new()),
         }
     }
 
-    /// This proxy's own identity, as its current certificate says.
-    pub fn identity(&self) -> SpiffeId {
-        self.certs.credentials().identity
+    /// This proxy's own identity. It stays the same for the proxy's life: a renewed leaf
+    /// certifies the same SPIFFE ID (one for another identity is refused when it is loaded).
+    pub fn identity(&self) -> &SpiffeId {
+        &self.identity
     }
 
     /// The client config that requires exactly `identity` and offers only `alpn`

@@ -280,10 +280,9 @@ async fn connect_endpoint(
             authority: Authority::parse(&tunnel.authority).ok().or(authority),
             protocol: ProtocolHint::Opaque,
         };
-        let own = tls.identity();
         let connected = connect_tunnelled(
             tls,
-            &own,
+            tls.identity(),
             tunnel,
             endpoint.identity.as_ref(),
             ALPN_OPAQUE,
