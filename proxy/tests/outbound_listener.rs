@@ -888,3 +888,112 @@ async fn a_response_still_streaming_counts_as_load() {
     );
     west.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_without_an_answer_in_time_gets_504() {
+    let slow = http_app(
+        "127.0.0.1",
+        Behaviour::named("slow").delay(Duration::from_millis(800)),
+    )
+    .await;
+    let json = format!(
+        r#"{{ "web.default.svc.cluster.local:80": {{ "endpoints": [ {} ] }} }}"#,
+        endpoints(&[slow.addr])
+    );
+    let west = West::outbound(&json, |config| {
+        config.request_timeout = Duration::from_millis(100);
+    })
+    .await;
+    let (status, _, body) = get(west.addr, "GET", "web.default.svc.cluster.local", "").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("no response within"), "{body}");
+    west.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_buffer_cap_are_never_retried() {
+    // One endpoint, always 503, never ejected: a retried request reaches it once per attempt.
+    let failing = http_app(
+        "127.0.0.1",
+        Behaviour::named("failing").status(StatusCode::SERVICE_UNAVAILABLE),
+    )
+    .await;
+    let json = format!(
+        r#"{{ "web.default.svc.cluster.local:80": {{ "endpoints": [ {} ] }} }}"#,
+        endpoints(&[failing.addr])
+    );
+    let west = West::outbound(&json, |config| {
+        config.max_retry_body = 4;
+        config.max_attempts = 3;
+        config.balance.ejection = EjectionPolicy {
+            consecutive_failures: 0,
+            ..EjectionPolicy::default()
+        };
+    })
+    .await;
+    let seen = || failing.gets.load(std::sync::atomic::Ordering::SeqCst);
+    // PUT is idempotent: with a body the proxy could keep (at most 4 bytes), it is sent again.
+    let (status, _, _) = get(west.addr, "PUT", "web.default.svc.cluster.local", "ok").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen(), 3, "a kept body is retried up to max_attempts");
+    // Over the cap the body is streamed on, so the request cannot be sent again.
+    let (status, _, _) = get(
+        west.addr,
+        "PUT",
+        "web.default.svc.cluster.local",
+        "longer than four bytes",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen(), 4, "a body over the cap is sent once");
+    west.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_and_others_served() {
+    let web = http_app("127.0.0.1", Behaviour::named("web")).await;
+    let json = format!(
+        r#"{{ "web.default.svc.cluster.local:80": {{ "endpoints": [ {} ] }} }}"#,
+        endpoints(&[web.addr])
+    );
+    let west = West::outbound(&json, |config| {
+        config.max_connections = 1;
+        config.detect_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    // One client holds the only slot (it has not said anything yet)...
+    let held = TcpStream::connect(west.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so the next is closed at once, without an answer.
+    let mut refused = TcpStream::connect(west.addr).await.unwrap();
+    let mut rest = Vec::new();
+    timeout(PATIENCE, refused.read_to_end(&mut rest))
+        .await
+        .expect("closed by the proxy")
+        .unwrap();
+    assert!(rest.is_empty());
+    // Once the slot is free, clients are served again.
+    drop(held);
+    let mut served = false;
+    for _ in 0..50 {
+        let tcp = TcpStream::connect(west.addr).await.unwrap();
+        if let Ok((mut send, conn)) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await
+        {
+            tokio::spawn(conn);
+            let req = http::Request::builder()
+                .uri("/")
+                .header(http::header::HOST, "web.default.svc.cluster.local")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            if let Ok(response) = send.send_request(req).await {
+                assert_eq!(response.status(), StatusCode::OK);
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "no client was served after the slot was freed");
+    west.stop().await;
+}
