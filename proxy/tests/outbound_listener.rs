@@ -40,6 +40,7 @@ const PATIENCE: Duration = Duration::from_secs(5);
 struct West {
     addr: SocketAddr,
     metrics: ProxyMetrics,
+    tap: Tap,
     drain: drain::Drain,
     task: tokio::task::JoinHandle<()>,
 }
@@ -86,13 +87,14 @@ impl West {
         };
         tweak(&mut config);
         let metrics = ProxyMetrics::new(MetricsConfig::default());
+        let tap = Tap::default();
         let discovery = StaticDiscovery::from_json("test.json", json).unwrap();
         let ctx = Arc::new(OutboundContext::new(
             Arc::new(discovery),
             tls,
             config,
             metrics.clone(),
-            Tap::default(),
+            tap.clone(),
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -104,6 +106,7 @@ impl West {
         Self {
             addr,
             metrics,
+            tap,
             drain,
             task,
         }
@@ -995,5 +998,27 @@ async fn connections_beyond_the_limit_are_refused_and_others_served() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(served, "no client was served after the slot was freed");
+    west.stop().await;
+}
+
+#[tokio::test]
+async fn outbound_requests_are_tapped_without_the_query() {
+    let web = http_app("127.0.0.1", Behaviour::named("web")).await;
+    let json = format!(
+        r#"{{ "web.default.svc.cluster.local:80": {{ "endpoints": [ {} ] }} }}"#,
+        endpoints(&[web.addr])
+    );
+    let west = West::outbound(&json, |_| {}).await;
+    let mut events = west.tap.subscribe();
+    // The helper asks for `/path?q=1`.
+    let (status, _, _) = get(west.addr, "GET", "web.default.svc.cluster.local", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let event = timeout(PATIENCE, events.recv()).await.unwrap().unwrap();
+    assert_eq!(event.direction, mesh_proxy::metrics::Direction::Outbound);
+    assert_eq!(event.method, http::Method::GET);
+    assert_eq!(event.authority, "web.default.svc.cluster.local");
+    assert_eq!(event.path, "/path");
+    assert_eq!(event.status, Some(StatusCode::OK));
+    assert_eq!(event.peer, Some(web.addr));
     west.stop().await;
 }
