@@ -1383,3 +1383,122 @@ async fn cluster_scoped_crd_is_discovered_and_served() {
     let namespaced: Api<DynamicObject> = Api::namespaced_with(client, "default", &resource);
     assert_eq!(api_code(namespaced.get("w").await.unwrap_err()).0, 404);
 }
+
+/// Creates, reads, lists and deletes one object of kind `K` in `default` through kube-rs.
+async fn round_trip<K>(client: &Client, object: serde_json::Value)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), "default");
+    let object: K = serde_json::from_value(object).unwrap();
+    let name = object.meta().name.clone().unwrap();
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let created = api.create(&PostParams::default(), &object).await.unwrap();
+    assert!(created.meta().uid.is_some(), "{kind}: no uid");
+    assert!(
+        created.meta().resource_version.is_some(),
+        "{kind}: no resourceVersion"
+    );
+    assert_eq!(
+        api.get(&name).await.unwrap().meta().name,
+        Some(name.clone())
+    );
+    let listed = api.list(&ListParams::default()).await.unwrap();
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|o| o.meta().name.as_deref() == Some(name.as_str())),
+        "{kind}: not listed"
+    );
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_code(api.get(&name).await.unwrap_err()).0, 404, "{kind}");
+}
+
+#[tokio::test]
+async fn every_resource_the_mesh_needs_is_served() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{Endpoints, Event, Pod, Secret, ServiceAccount};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    let (cluster, client) = start(DevClusterConfig::default()).await;
+    round_trip::<Lease>(
+        &client,
+        json!({"metadata": {"name": "mesh-controller"},
+               "spec": {"holderIdentity": "replica-1", "leaseDurationSeconds": 15}}),
+    )
+    .await;
+    round_trip::<Secret>(
+        &client,
+        json!({"metadata": {"name": "link-east"}, "type": "Opaque",
+               "data": {"kubeconfig": "YXBpVmVyc2lvbjogdjE="}}),
+    )
+    .await;
+    round_trip::<ServiceAccount>(&client, json!({"metadata": {"name": "remote-reader"}})).await;
+    round_trip::<Pod>(
+        &client,
+        json!({"metadata": {"name": "web-0", "labels": {"app": "web"}},
+               "spec": {"containers": [{"name": "web", "image": "web:1"}]}}),
+    )
+    .await;
+    round_trip::<Endpoints>(
+        &client,
+        json!({"metadata": {"name": "web"},
+               "subsets": [{"addresses": [{"ip": "10.0.0.7"}], "ports": [{"port": 80}]}]}),
+    )
+    .await;
+    round_trip::<EndpointSlice>(
+        &client,
+        json!({"metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": ["10.0.0.7"], "conditions": {"ready": true}}],
+               "ports": [{"port": 80}]}),
+    )
+    .await;
+    round_trip::<Event>(
+        &client,
+        json!({"metadata": {"name": "web.failover"},
+               "involvedObject": {"kind": "TrafficSplit", "name": "web", "namespace": "default"},
+               "reason": "FailedOver", "message": "to web-east", "type": "Normal"}),
+    )
+    .await;
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn kube_rs_discovery_finds_every_group_the_mesh_uses() {
+    let (cluster, client) = start(DevClusterConfig::default()).await;
+    let discovery = kube::Discovery::new(client).run().await.unwrap();
+    let groups: BTreeSet<String> = discovery.groups().map(|g| g.name().to_owned()).collect();
+    for group in [
+        "",
+        "coordination.k8s.io",
+        "discovery.k8s.io",
+        "apiextensions.k8s.io",
+        "authentication.k8s.io",
+    ] {
+        assert!(groups.contains(group), "{group:?} missing from {groups:?}");
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_watch_ends_at_its_timeout() {
+    let (cluster, client) = start(DevClusterConfig::default()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let stream = api
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap();
+    // The server closes the watch after one second; a stream that outlived it would hang here.
+    let events: Vec<_> = tokio::time::timeout(WAIT, stream.collect::<Vec<_>>())
+        .await
+        .expect("the watch ended at its timeoutSeconds");
+    assert!(events.iter().all(Result::is_ok), "{events:?}");
+    cluster.shutdown().await.unwrap();
+}
