@@ -30,3 +30,10 @@ pub const FAILOVER_PRIMARY_SERVICE: &str = "failover.mesh.io/primary-service";
 /// Annotation on a failover `TrafficSplit`: the fallback backends, comma separated, most
 /// preferred first.
 pub const FAILOVER_FALLBACK_ORDER: &str = "failover.mesh.io/fallback-order";
+
+/// The name of the proxy sidecar container `mesh inject` adds: a pod that runs it is meshed.
+pub const PROXY_CONTAINER: &str = "mesh-proxy";
+
+/// Annotation on a Service: ports (and ranges) that carry opaque TCP, comma separated, such as
+/// `3306,5000-5100`. Proxies skip protocol detection on them.
+pub const OPAQUE_PORTS: &str = "config.mesh.io/opaque-ports";
