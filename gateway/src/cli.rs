@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_proxy::discovery::StaticDiscovery;
 use mesh_proxy::run::identity::IdentityFiles;
@@ -66,6 +67,102 @@ pub struct Cli {
     /// How gateways talk to each other: quic, or tcp (TLS over TCP, for comparison).
     #[arg(long, env = "MESH_GATEWAY_TRANSPORT", default_value = "quic", value_parser = parse_transport)]
     pub transport: Transport,
+    /// How often --identity-dir, --trust-bundle and --links are checked for changes.
+    #[arg(long, env = "MESH_GATEWAY_RELOAD_INTERVAL", value_name = "DURATION", default_value = "5s",
+        value_parser = mesh_proxy::run::cli::parse_duration)]
+    pub reload_interval: Duration,
+}
+
+/// A configuration read from the flags' files, and what keeps it current.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The gateway's configuration.
+    pub config: GatewayConfig,
+    /// Re-reads the files; run it beside the gateway.
+    pub reload: Reload,
+}
+
+/// Re-reads the identity directory, the trust bundle and the links file every interval and
+/// applies each valid change live: a renewed leaf is presented to new handshakes, a changed
+/// bundle set is trusted at once, a changed link list connects or refuses gateways from then on.
+/// A change that does not load is logged once and the last good state kept.
+#[derive(Debug)]
+pub struct Reload {
+    interval: Duration,
+    identity_dir: PathBuf,
+    identity_files: IdentityFiles,
+    certs: Arc<CertResolver>,
+    trust_bundle: PathBuf,
+    bundles: SharedTrustBundles,
+    links_file: PathBuf,
+    links: watch::Sender<Vec<Link>>,
+}
+
+impl Reload {
+    /// Runs until dropped.
+    pub async fn run(self) {
+        let Self {
+            interval,
+            identity_dir,
+            identity_files,
+            certs,
+            trust_bundle,
+            bundles,
+            links_file,
+            links,
+        } = self;
+        let identity = mesh_proxy::run::identity::reload_dir(
+            identity_dir,
+            identity_files,
+            certs,
+            interval,
+            |_expired| {},
+        );
+        let trust = mesh_proxy::run::bundles::reload_file(
+            trust_bundle,
+            move |set| {
+                if bundles.get() != set {
+                    tracing::info!("trust bundle file changed; trusting the new set");
+                    bundles.update(set);
+                }
+            },
+            interval,
+        );
+        let links = reload_links(links_file, links, interval);
+        tokio::join!(identity, trust, links);
+    }
+}
+
+/// Re-reads the links file every `interval` and publishes a changed, valid list.
+async fn reload_links(path: PathBuf, links: watch::Sender<Vec<Link>>, interval: Duration) {
+    let mut problem: Option<String> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let read_path = path.clone();
+        let read = tokio::task::spawn_blocking(move || read_links(&read_path)).await;
+        match read {
+            Ok(Ok(list)) => {
+                problem = None;
+                links.send_if_modified(|current| {
+                    if *current == list {
+                        return false;
+                    }
+                    let clusters: Vec<&str> = list.iter().map(|l| l.cluster.as_str()).collect();
+                    tracing::info!(?clusters, "links file changed");
+                    *current = list;
+                    true
+                });
+            }
+            Ok(Err(error)) => {
+                let text = error.to_string();
+                if problem.as_deref() != Some(&text) {
+                    tracing::warn!(error = %text, "keeping the current links");
+                    problem = Some(text);
+                }
+            }
+            Err(error) => tracing::error!(%error, "reading the links file failed"),
+        }
+    }
 }
 
 /// A link as the links file spells it.
@@ -115,15 +212,16 @@ pub enum SetupError {
 
 impl Cli {
     /// Reads every file the flags name and builds the gateway's configuration.
-    pub async fn into_config(self) -> Result<GatewayConfig, SetupError> {
+    pub async fn into_config(self) -> Result<Prepared, SetupError> {
         let dir = self.identity_dir;
-        let credentials = IdentityFiles::read(&dir)
-            .await
-            .and_then(|files| files.credentials(&dir, None))
-            .map_err(|source| SetupError::Identity {
-                dir: dir.clone(),
-                source: Box::new(source),
-            })?;
+        let identity_error = |source| SetupError::Identity {
+            dir: dir.clone(),
+            source: Box::new(source),
+        };
+        let identity_files = IdentityFiles::read(&dir).await.map_err(identity_error)?;
+        let credentials = identity_files
+            .credentials(&dir, None)
+            .map_err(identity_error)?;
         let certs = Arc::new(CertResolver::new(credentials)?);
         let bundle = mesh_proxy::run::bundles::load(&self.trust_bundle).map_err(|source| {
             SetupError::Bundle {
@@ -132,13 +230,22 @@ impl Cli {
             }
         })?;
         let bundles = SharedTrustBundles::new(bundle);
-        let links = read_links(&self.links)?;
-        let (_, links) = watch::channel(links);
+        let (links_tx, links) = watch::channel(read_links(&self.links)?);
         let exports: BTreeSet<String> = self.exports.into_iter().collect();
         let (_, exports) = watch::channel(exports);
         let discovery = StaticDiscovery::load(&self.discovery_file)
             .await
             .map_err(|e| SetupError::Discovery(Box::new(e)))?;
+        let reload = Reload {
+            interval: self.reload_interval,
+            identity_dir: dir,
+            identity_files,
+            certs: certs.clone(),
+            trust_bundle: self.trust_bundle,
+            bundles: bundles.clone(),
+            links_file: self.links,
+            links: links_tx,
+        };
         let mut config = GatewayConfig::new(
             self.cluster,
             certs,
@@ -152,7 +259,7 @@ impl Cli {
         config.admin_addr = Some(self.admin_addr);
         config.inbound_port = self.inbound_port;
         config.transport = self.transport;
-        Ok(config)
+        Ok(Prepared { config, reload })
     }
 }
 

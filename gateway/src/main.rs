@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mesh_gateway::Gateway;
-use mesh_gateway::cli::Cli;
+use mesh_gateway::cli::{Cli, Prepared};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,8 +24,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let config = match cli.into_config().await {
-            Ok(config) => config,
+        let Prepared { config, reload } = match cli.into_config().await {
+            Ok(prepared) => prepared,
             Err(error) => {
                 eprintln!("error: {error}");
                 return ExitCode::from(2);
@@ -44,9 +44,11 @@ fn main() -> ExitCode {
             admin = ?gateway.admin_addr(),
             "gateway serving"
         );
+        let reload = tokio::spawn(reload.run());
         gateway
             .run(mesh_proxy::run::signals::shutdown_signals())
             .await;
+        reload.abort();
         ExitCode::SUCCESS
     })
 }

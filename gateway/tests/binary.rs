@@ -1,5 +1,6 @@
 //! The `mesh-gateway` binary as operators run it: two gateway processes, configured from files,
-//! carry a west workload's tunnel to east's inbound proxy.
+//! carry a west workload's tunnel to east's inbound proxy, and follow their files as they change
+//! (a link added to the links file, a renewed leaf in the identity directory).
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -77,7 +78,7 @@ async fn wait_ready(admin: SocketAddr) {
 }
 
 #[tokio::test]
-async fn two_gateway_processes_carry_a_tunnel_from_files() {
+async fn two_gateway_processes_carry_a_tunnel_from_files_and_follow_their_changes() {
     let dir = tempfile::tempdir().unwrap();
     let (west, east) = (Domain::new("west"), Domain::new("east"));
     let mut set = west.bundle();
@@ -126,11 +127,8 @@ async fn two_gateway_processes_carry_a_tunnel_from_files() {
             gateway_identity(&domain.td, "mesh").unwrap()
         )
     };
-    std::fs::write(
-        dir.path().join("west-links.json"),
-        link("east", &east, east_quic),
-    )
-    .unwrap();
+    // West starts linked to nobody; the link to east is written once both run.
+    std::fs::write(dir.path().join("west-links.json"), "[]").unwrap();
     std::fs::write(
         dir.path().join("east-links.json"),
         link("west", &west, west_quic),
@@ -165,6 +163,7 @@ async fn two_gateway_processes_carry_a_tunnel_from_files() {
                     .args(["--egress-addr", &egress.to_string()])
                     .args(["--admin-addr", &admin.to_string()])
                     .args(["--inbound-port", &inbound_port.to_string()])
+                    .args(["--reload-interval", "100ms"])
                     .env("MESH_GATEWAY_LOG", "warn")
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
@@ -194,17 +193,30 @@ async fn two_gateway_processes_carry_a_tunnel_from_files() {
         authority: Some(Authority::parse(SERVICE).unwrap()),
         protocol: ProtocolHint::Opaque,
     };
-    let (mut stream, endpoint) = connect_tunnelled(
-        &outbound,
-        &own,
-        &tunnel,
-        Some(&east.id("echo")),
-        ALPN_OPAQUE,
-        &header,
-        Duration::from_secs(5),
+    let echo_id = east.id("echo");
+    let connect = || {
+        connect_tunnelled(
+            &outbound,
+            &own,
+            &tunnel,
+            Some(&echo_id),
+            ALPN_OPAQUE,
+            &header,
+            Duration::from_secs(5),
+        )
+    };
+    let refused = connect().await.map(|_| ()).unwrap_err();
+    assert!(
+        refused.to_string().contains("east"),
+        "without a link, east is unknown: {refused}"
+    );
+
+    std::fs::write(
+        dir.path().join("west-links.json"),
+        link("east", &east, east_quic),
     )
-    .await
     .unwrap();
+    let (mut stream, endpoint) = eventually(connect).await;
     assert_eq!(endpoint, east.id("echo"));
     stream
         .write_all(b"across two gateway processes")
@@ -216,6 +228,65 @@ async fn two_gateway_processes_carry_a_tunnel_from_files() {
         .unwrap()
         .unwrap();
     assert_eq!(&echoed, b"across two gateway processes");
+
+    // A renewed leaf written into west's identity directory is what new handshakes get.
+    let renewed = gateway_creds(&west);
+    let renewed_leaf = renewed.chain[0].clone();
+    mesh_test_support::pki::write_identity_dir(&dir.path().join("west-gw"), &renewed);
+    let egress_tls = Arc::new(
+        tls::client_config(
+            bundles(&[&west, &east]),
+            PeerPolicy::Exactly(gateway_identity(&west.td, "mesh").unwrap()),
+            Some(Arc::new(CertResolver::new(west.creds("client")).unwrap())),
+            &[mesh_api::ports::ALPN_TUNNEL],
+        )
+        .unwrap(),
+    );
+    let presented = || {
+        let egress_tls = egress_tls.clone();
+        async move {
+            let tcp = TcpStream::connect(west_egress).await?;
+            let name = rustls_pki_types::ServerName::IpAddress(west_egress.ip().into());
+            let tls = tokio_rustls::TlsConnector::from(egress_tls)
+                .connect(name, tcp)
+                .await?;
+            let leaf = tls.get_ref().1.peer_certificates().map(|c| c[0].clone());
+            Ok::<_, std::io::Error>(leaf)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while presented().await.unwrap() != Some(renewed_leaf.clone()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "west never presented its renewed leaf"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And tunnels carry on.
+    let (mut stream, _) = connect().await.unwrap();
+    stream.write_all(b"after the renewal").await.unwrap();
+    let mut echoed = [0u8; 17];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"after the renewal");
+}
+
+/// Retries `attempt` until it succeeds, for up to ten seconds.
+async fn eventually<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    attempt: impl Fn() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) => {
+                assert!(tokio::time::Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 #[test]

@@ -1169,3 +1169,156 @@ async fn tunnels_still_open_at_the_drain_deadline_are_cut_in_both_modes() {
         );
     }
 }
+
+/// One cluster cannot starve another at a gateway they share: east grants each linked gateway
+/// its own streams (per connection) and connections (per peer), so west holding every stream it
+/// may have, each kept full by flow control, leaves north's tunnels untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_cluster_cannot_starve_another_of_streams_or_bandwidth() {
+    const WEST_STREAMS: u32 = 4;
+    let world = World::start_tuned(
+        Timeouts {
+            open: Duration::from_millis(500),
+            ..test_timeouts()
+        },
+        |east| {
+            east.max_streams_per_connection = WEST_STREAMS;
+            east.max_connections_per_peer = 1;
+        },
+    )
+    .await;
+
+    // North: a third cluster with its own root, linked with east.
+    let north = Domain::new("north.local");
+    let mut trusted = world.west.bundle();
+    trusted.merge(&world.east.bundle());
+    trusted.merge(&north.bundle());
+    world.bundles.update(trusted);
+    let (_north_links, north_links) =
+        watch::channel(vec![link("east", &world.east, world.east_gw.quic)]);
+    let (_north_exports, north_exports) = watch::channel(BTreeSet::new());
+    let mut north_config = GatewayConfig::new(
+        "north",
+        Arc::new(CertResolver::new(gateway_creds(&north)).unwrap()),
+        world.bundles.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        north_links,
+        north_exports,
+        Arc::new(StaticDiscovery::from_json("north.json", "{}").unwrap()),
+    );
+    north_config.timeouts = test_timeouts();
+    let north_gw = RunningGateway::start(north_config).await;
+    world._east_links.send_replace(vec![
+        link("west", &world.west, world.west_gw.quic),
+        link("north", &north, north_gw.quic),
+    ]);
+
+    // West takes every stream east grants it and floods each one: the echoes are never read,
+    // so the app, the tunnels and the QUIC flow-control windows all fill up and stay full.
+    let mut floods = Vec::new();
+    for _ in 0..WEST_STREAMS {
+        let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+        floods.push(tokio::spawn(async move {
+            let chunk = vec![0x77u8; 64 * 1024];
+            while stream.write_all(&chunk).await.is_ok() {}
+        }));
+    }
+    // West is at its limit: one more of its tunnels waits for a stream, then gives up.
+    let (refusal, message) = world.refusal("east", ECHO).await;
+    assert_eq!(refusal, Refusal::Unreachable, "{message}");
+
+    // North's tunnels open and carry data meanwhile, each to the end.
+    let north_client = north.id("client");
+    let north_tls = OutboundTls::new(
+        world.bundles.clone(),
+        Arc::new(CertResolver::new(north.creds("client")).unwrap()),
+    );
+    let north_tunnel = TunnelMeta {
+        cluster: "east".into(),
+        authority: ECHO.into(),
+        gateway: north_gw.egress,
+        gateway_identity: gateway_identity(&north.td, "mesh").unwrap(),
+        remote_trust_domain: world.east.td.clone(),
+    };
+    let payload: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    for _ in 0..WEST_STREAMS + 2 {
+        let (mut stream, endpoint) = connect_tunnelled(
+            &north_tls,
+            &north_client,
+            &north_tunnel,
+            None,
+            ALPN_OPAQUE,
+            &world.header(ECHO),
+            TIMEOUT,
+        )
+        .await
+        .expect("north's tunnel opens while west holds all of its streams");
+        assert_eq!(endpoint, world.east.id("echo"));
+        assert_eq!(echo(&mut stream, &payload).await, payload);
+    }
+    // West's floods are still stuck behind their own windows, not finished or failed.
+    assert!(floods.iter().all(|flood| !flood.is_finished()));
+    for flood in floods {
+        flood.abort();
+    }
+}
+
+/// On the egress side clusters are independent too: a tunnel to a linked cluster whose gateway
+/// never answers waits for its own handshake, while tunnels to a live cluster go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_cluster_does_not_hold_up_tunnels_to_a_live_one() {
+    let world = World::start_with(Timeouts {
+        connect: Duration::from_secs(5),
+        ..test_timeouts()
+    })
+    .await;
+    // South's gateway address takes packets and never answers.
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let south = Domain::new("south.local");
+    world.links_west.send_replace(vec![
+        link("east", &world.east, world.east_gw.quic),
+        link("south", &south, black_hole.local_addr().unwrap()),
+    ]);
+    let south_tunnel = TunnelMeta {
+        remote_trust_domain: south.td.clone(),
+        ..world.tunnel("south", ECHO)
+    };
+    let header = world.header(ECHO);
+    let stuck = connect_tunnelled(
+        &world.client_tls,
+        &world.client,
+        &south_tunnel,
+        None,
+        ALPN_OPAQUE,
+        &header,
+        PATIENCE,
+    );
+    tokio::pin!(stuck);
+    let live = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for round in 0..3 {
+            let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+            assert_eq!(echo(&mut stream, b"live").await, b"live", "round {round}");
+        }
+    };
+    tokio::select! {
+        biased;
+        result = &mut stuck => panic!(
+            "south's tunnel ended before east's went through: {:?}",
+            result.map(|_| ()).map_err(|e| e.to_string())
+        ),
+        () = live => {}
+    }
+    let error = stuck.await.map(|_| ()).unwrap_err();
+    assert!(
+        matches!(
+            error.kind,
+            TunnelErrorKind::Refused {
+                refusal: Refusal::Unreachable,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}

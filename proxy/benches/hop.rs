@@ -35,8 +35,6 @@ mod backend;
 mod bulk;
 #[path = "hop/haproxy.rs"]
 mod haproxy;
-#[path = "hop/load.rs"]
-mod load;
 #[path = "hop/mesh.rs"]
 mod mesh;
 #[path = "hop/pki.rs"]
@@ -50,7 +48,7 @@ mod report;
 #[path = "hop/table.rs"]
 mod table;
 
-use load::Target;
+use mesh_test_support::load::{self, Target};
 use process::PathUnderTest;
 use procfs::UsageProbe;
 use report::{BulkRun, HttpRun, PathKind, PathReport, Report};
@@ -292,10 +290,7 @@ fn run_scenario(
     scenario: Scenario,
 ) -> Result<(), Box<dyn Error>> {
     let pids = path.pids();
-    let target = Target {
-        addr: path.http,
-        host: mesh::HTTP_HOST,
-    };
+    let target = Target::tcp(path.http, mesh::HTTP_HOST);
     match scenario {
         Scenario::Latency => {
             report.latency = Some(rt.block_on(http_run(args, &target, Some(args.rate), &pids))?);

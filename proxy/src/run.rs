@@ -400,9 +400,10 @@ async fn serve_traffic(
     let mut background = JoinSet::new();
     let trust = Arc::new(TrustState::new(trust_file, health.clone()));
     if let Some(path) = config.trust_bundle.clone() {
+        let trust = trust.clone();
         background.spawn(bundles::reload_file(
             path,
-            trust.clone(),
+            move |set| trust.set_file(set),
             config.reload_interval,
         ));
     }
@@ -430,12 +431,13 @@ async fn serve_traffic(
             files,
             resolver,
         } => {
+            let health = health.clone();
             background.spawn(identity::reload_dir(
                 dir,
                 files,
                 resolver.clone(),
                 config.reload_interval,
-                health.clone(),
+                move |expired| health.update(|c| c.identity = !expired),
             ));
             resolver
         }

@@ -2,4 +2,5 @@
 //! same kind of world. Test code only: failures here panic with a message, as a test should.
 
 pub mod apps;
+pub mod load;
 pub mod pki;

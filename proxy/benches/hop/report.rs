@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::bulk::BulkResult;
-use crate::load::LoadResult;
 use crate::procfs::Usage;
 use crate::table::Table;
+use mesh_test_support::load::LoadResult;
 
 /// The aims the figures are held against.
 const AIM_ADDED_P99_MS: f64 = 0.2;

@@ -156,6 +156,15 @@ impl TrustState {
         self.shared.clone()
     }
 
+    /// The set read from the bundle file, replacing the file's part of the merged set.
+    pub(super) fn set_file(&self, set: TrustBundleSet) {
+        self.set(|s| {
+            if s.file.as_ref() != Some(&set) {
+                s.file = Some(set);
+            }
+        });
+    }
+
     fn set(&self, change: impl FnOnce(&mut Sources)) {
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
         change(&mut sources);
@@ -176,8 +185,15 @@ impl TrustState {
     }
 }
 
-/// Re-reads `path` every `interval`; a changed, valid set replaces the file's part of the set.
-pub(super) async fn reload_file(path: PathBuf, state: Arc<TrustState>, interval: Duration) {
+/// Re-reads `path` every `interval` and hands every valid set read to `apply` (which compares
+/// it with what it holds); a file that does not load is logged once and the last good set kept.
+///
+/// `mesh-proxy` and `mesh-gateway` both run this for `--trust-bundle`.
+pub async fn reload_file(
+    path: PathBuf,
+    mut apply: impl FnMut(TrustBundleSet) + Send,
+    interval: Duration,
+) {
     let mut problem: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
@@ -193,11 +209,7 @@ pub(super) async fn reload_file(path: PathBuf, state: Arc<TrustState>, interval:
         match loaded {
             Ok(set) => {
                 problem = None;
-                state.set(|s| {
-                    if s.file.as_ref() != Some(&set) {
-                        s.file = Some(set);
-                    }
-                });
+                apply(set);
             }
             Err(error) => {
                 let text = error.to_string();

@@ -19,7 +19,6 @@ use mesh_trust::verify::{PeerVerifyError, peer_identity};
 use mesh_trust::{PeerPolicy, SharedTrustBundles, SpiffeId, x509};
 use rustls_pki_types::ServerName;
 
-use super::Health;
 use super::config::ControllerAddr;
 use crate::discovery::ReconnectBackoff;
 use crate::discovery::backoff::Backoff;
@@ -162,13 +161,16 @@ fn key_problem(error: &PemError) -> &'static str {
 
 /// Re-reads `dir` every `interval` and swaps a changed, valid leaf into `resolver`. A change that
 /// does not load (half-written, for another identity, mismatched key) is logged once and the
-/// current leaf kept. Also clears readiness once the current leaf has expired.
-pub(super) async fn reload_dir(
+/// current leaf kept. `on_expiry(true)` is called once the current leaf has expired (and
+/// `on_expiry(false)` once a valid one is back), so the caller can clear its readiness.
+///
+/// `mesh-proxy` and `mesh-gateway` both run this for `--identity-dir`.
+pub async fn reload_dir(
     dir: PathBuf,
     mut last: IdentityFiles,
     resolver: Arc<CertResolver>,
     interval: Duration,
-    health: Arc<Health>,
+    on_expiry: impl Fn(bool) + Send,
 ) {
     let identity = resolver.credentials().identity;
     let mut problem: Option<String> = None;
@@ -218,7 +220,7 @@ pub(super) async fn reload_dir(
             if expired {
                 tracing::error!(%identity, dir = %dir.display(), "the leaf certificate has expired and no valid replacement was found");
             }
-            health.update(|c| c.identity = !expired);
+            on_expiry(expired);
         }
     }
 }

@@ -16,8 +16,15 @@
 //! from the actual send.
 //!
 //! Latencies go into an `hdrhistogram::Histogram<u64>` in microseconds.
+//!
+//! A [`Target`] says how to open one connection: TCP to an address ([`Target::tcp`]), or any
+//! byte stream ([`Target::dial`]), such as a tunnel through a gateway pair. The `hop` bench of
+//! mesh-proxy and the `tunnel` bench of mesh-gateway both drive their paths with it.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +33,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender, error::TryRecvError};
 use tokio::task::JoinSet;
@@ -43,20 +51,66 @@ const START_DELAY: Duration = Duration::from_millis(20);
 /// Highest latency recorded, µs (one hour); longer ones are recorded as this.
 const MAX_RECORDED_US: u64 = 3_600_000_000;
 
+/// A byte stream a connection runs over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Opens one connection's stream.
+pub type Dialer = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Io>>> + Send>> + Send + Sync,
+>;
+
 /// Where requests go and the `Host` they carry.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
-    pub addr: SocketAddr,
+    /// What the target is called in errors.
+    pub name: String,
+    /// Opens a connection's stream.
+    pub dial: Dialer,
+    /// The `Host` header of every request.
     pub host: &'static str,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// TCP (with `TCP_NODELAY`) to `addr`.
+    pub fn tcp(addr: SocketAddr, host: &'static str) -> Self {
+        Self::dial(addr.to_string(), host, move || async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as Box<dyn Io>)
+        })
+    }
+
+    /// Streams opened by `dial`, called `name` in errors.
+    pub fn dial<F, Fut>(name: impl Into<String>, host: &'static str, dial: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<Box<dyn Io>>> + Send + 'static,
+    {
+        Self {
+            name: name.into(),
+            dial: Arc::new(move || Box::pin(dial())),
+            host,
+        }
+    }
 }
 
 /// Why a run could not be carried out at all (single failed requests are counted instead).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot open connection {index} to {addr}: {source}")]
+    #[error("cannot open connection {index} to {target}: {source}")]
     Connect {
         index: usize,
-        addr: SocketAddr,
+        target: String,
         source: RequestError,
     },
     #[error("a load task failed: {0}")]
@@ -123,11 +177,10 @@ struct Tally {
 
 impl Connection {
     async fn open(target: &Target) -> Result<SendRequest<Empty<Bytes>>, RequestError> {
-        let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr))
+        let stream = timeout(CONNECT_TIMEOUT, (target.dial)())
             .await
             .map_err(|_| RequestError::ConnectTimeout)?
             .map_err(RequestError::Connect)?;
-        stream.set_nodelay(true).map_err(RequestError::Connect)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             // The error, if any, surfaces on the next request through the sender.
@@ -178,7 +231,7 @@ pub async fn connect(target: &Target, count: usize) -> Result<Vec<Connection>, L
             .await
             .map_err(|source| LoadError::Connect {
                 index,
-                addr: target.addr,
+                target: target.name.clone(),
                 source,
             })?;
         connections.push(Connection {
