@@ -636,6 +636,7 @@ mod tests {
             kind: Some(stream_header::Kind::Probe(Probe {
                 nonce,
                 sent_at_unix_micros: 1_700_000_000_000_000,
+                target_cluster: String::new(),
             })),
         }
     }

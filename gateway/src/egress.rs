@@ -10,13 +10,21 @@
 //!
 //! A refusal is answered with an open response (`bad-request` for a malformed request,
 //! `unreachable` for an unknown or unreachable cluster) and costs only that connection.
+//!
+//! A `StreamHeader { probe }` naming a target cluster is relayed the same way, on a new stream
+//! of that cluster's link, and the remote gateway's `ProbeResponse` relayed back: a round trip
+//! through the local gateway measures the link the tunnels use (the controller's gateway probes
+//! work this way). When the link cannot be used, the local gateway answers itself with
+//! `healthy: false` and the reason in `error`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use mesh_api::frame::{self, FrameError};
 use mesh_api::ports::ALPN_TUNNEL;
-use mesh_api::tunnel::{OpenStatus, StreamHeader, TunnelOpenResponse, stream_header};
+use mesh_api::tunnel::{
+    OpenStatus, Probe, ProbeResponse, StreamHeader, TunnelOpenResponse, stream_header,
+};
 use mesh_proxy::drain;
 use mesh_trust::tls::{self, connection_peer_identity};
 use mesh_trust::{PeerPolicy, SpiffeId};
@@ -144,7 +152,14 @@ async fn serve_connection(
         () = watch.signaled() => return Ok(()),
     };
     let (response, remote) = match opened {
-        Ok(Ok(opened)) => opened,
+        Ok(Ok(Opened::Tunnel(response, remote))) => (response, remote),
+        Ok(Ok(Opened::Probe(response))) => {
+            frame::write_frame(&mut stream, &response, MAX_OPEN_RESPONSE_LEN)
+                .await
+                .map_err(EgressError::Answer)?;
+            let _ = stream.shutdown().await;
+            return Ok(());
+        }
         Ok(Err(refusal)) => {
             metrics.stream(&label, Direction::Egress, status_of(&refusal));
             let reason = refusal.message.clone();
@@ -194,14 +209,22 @@ fn status_of(response: &TunnelOpenResponse) -> OpenStatus {
     OpenStatus::try_from(response.status).unwrap_or(OpenStatus::Unspecified)
 }
 
-/// Reads the open request and relays it. `Ok` holds the remote answer and, when it accepted,
-/// the stream to splice; `Err` holds this gateway's refusal.
+/// What the first frame asked for, answered by the remote gateway.
+enum Opened {
+    /// The remote answer to an open request and, when it accepted, the stream to splice.
+    Tunnel(TunnelOpenResponse, Option<RemoteStream>),
+    /// The answer to a probe.
+    Probe(ProbeResponse),
+}
+
+/// Reads the first frame and relays it. `Ok` holds the remote answer; `Err` holds this
+/// gateway's refusal.
 async fn open_remote<S>(
     stream: &mut S,
     caller: &SpiffeId,
     links: &LinkTable,
     label: &mut String,
-) -> Result<(TunnelOpenResponse, Option<RemoteStream>), TunnelOpenResponse>
+) -> Result<Opened, TunnelOpenResponse>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -213,7 +236,15 @@ where
     };
     let mut request = match open::classify(header).map_err(bad)? {
         StreamRequest::Open(request) => request,
-        StreamRequest::Probe(_) => return Err(bad(BadRequest::ProbeOnEgress)),
+        StreamRequest::Probe(probe) => {
+            if probe.target_cluster.is_empty() {
+                return Err(bad(BadRequest::ProbeWithoutCluster));
+            }
+            if links.is_linked(&probe.target_cluster) {
+                label.clone_from(&probe.target_cluster);
+            }
+            return Ok(Opened::Probe(probe_remote(probe, links).await));
+        }
     };
     let cluster = open::target_cluster(&request).map_err(bad)?.to_owned();
     // The caller is who the handshake proved, whatever the request says.
@@ -247,11 +278,42 @@ where
             ))
         })?;
     if open::is_accepted(&response) {
-        Ok((response, Some(remote)))
+        Ok(Opened::Tunnel(response, Some(remote)))
     } else {
         remote.stop_reading();
         let _ = remote.shutdown().await;
-        Ok((response, None))
+        Ok(Opened::Tunnel(response, None))
+    }
+}
+
+/// Probes `probe.target_cluster`'s gateway over its link; the answer, or this gateway's own
+/// `healthy: false` answer saying why the link could not be used.
+async fn probe_remote(probe: Probe, links: &LinkTable) -> ProbeResponse {
+    let cluster = probe.target_cluster.clone();
+    let failed = |error: String| ProbeResponse {
+        nonce: probe.nonce,
+        sent_at_unix_micros: probe.sent_at_unix_micros,
+        cluster: cluster.clone(),
+        healthy: false,
+        error,
+        ..ProbeResponse::default()
+    };
+    let mut remote = match links.open(&cluster).await {
+        Ok(remote) => remote,
+        Err(error) => return failed(error.to_string()),
+    };
+    let header = StreamHeader {
+        kind: Some(stream_header::Kind::Probe(probe.clone())),
+    };
+    if let Err(error) = frame::write_frame(&mut remote, &header, MAX_OPEN_REQUEST_LEN).await {
+        return failed(format!("sending the probe failed: {error}"));
+    }
+    let answer = frame::read_frame::<ProbeResponse, _>(&mut remote, MAX_OPEN_RESPONSE_LEN).await;
+    let _ = remote.shutdown().await;
+    match answer {
+        Ok(Some(response)) => response,
+        Ok(None) => failed("the remote gateway closed the stream without an answer".into()),
+        Err(error) => failed(format!("the remote answer is invalid: {error}")),
     }
 }
 

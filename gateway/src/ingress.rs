@@ -498,6 +498,7 @@ impl Ingress {
             healthy: true,
             exported_services: u32::try_from(exported.len()).unwrap_or(u32::MAX),
             ready_endpoints: u32::try_from(ready).unwrap_or(u32::MAX),
+            error: String::new(),
         }
     }
 }

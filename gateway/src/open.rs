@@ -3,8 +3,8 @@
 //!
 //! Every stream, on the egress port and on the QUIC port alike, starts with one
 //! `StreamHeader` frame of at most [`MAX_OPEN_REQUEST_LEN`] bytes. Its `open` asks for a tunnel
-//! and is answered by one `TunnelOpenResponse`; its `probe` (QUIC only) is answered by one
-//! `ProbeResponse`. Anything else costs the stream a `bad-request` answer, never the connection.
+//! and is answered by one `TunnelOpenResponse`; its `probe` is answered by one `ProbeResponse`
+//! (on the egress port, the one the target cluster's gateway gave over the link). Anything else costs the stream a `bad-request` answer, never the connection.
 
 use mesh_api::tunnel::{
     OpenStatus, Probe, StreamHeader, TunnelOpen, TunnelOpenResponse, stream_header,
@@ -34,9 +34,9 @@ pub enum BadRequest {
     /// The header names neither an open nor a probe.
     #[error("the stream header asks for nothing: send an open request or a probe")]
     Empty,
-    /// A probe on the egress port, which only opens tunnels.
-    #[error("probes are answered on the QUIC port only")]
-    ProbeOnEgress,
+    /// A probe on the egress port that names no cluster to probe.
+    #[error("the probe names no target cluster")]
+    ProbeWithoutCluster,
     /// No target cluster.
     #[error("the open request names no target cluster")]
     NoCluster,
@@ -139,10 +139,11 @@ mod tests {
         let probe = Probe {
             nonce: 7,
             sent_at_unix_micros: 1,
+            target_cluster: String::new(),
         };
         assert_eq!(
             classify(StreamHeader {
-                kind: Some(stream_header::Kind::Probe(probe))
+                kind: Some(stream_header::Kind::Probe(probe.clone()))
             }),
             Ok(StreamRequest::Probe(probe))
         );

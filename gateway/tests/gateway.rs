@@ -652,6 +652,7 @@ async fn broken_frames_cost_only_their_own_stream() {
         kind: Some(stream_header::Kind::Probe(Probe {
             nonce: 42,
             sent_at_unix_micros: 1,
+            target_cluster: String::new(),
         })),
     };
     frame::write_frame(&mut send, &probe, 4096).await.unwrap();
@@ -1321,4 +1322,68 @@ async fn a_dead_cluster_does_not_hold_up_tunnels_to_a_live_one() {
         ),
         "{error}"
     );
+}
+
+/// Sends a probe for `cluster` to west's egress port as a west workload; the answer.
+async fn probe_through_egress(world: &World, cluster: &str, nonce: u64) -> ProbeResponse {
+    let mut stream = world
+        .egress_client(world.west.creds("controller"), ALPN_TUNNEL)
+        .await
+        .unwrap();
+    let probe = StreamHeader {
+        kind: Some(stream_header::Kind::Probe(Probe {
+            nonce,
+            sent_at_unix_micros: 5,
+            target_cluster: cluster.into(),
+        })),
+    };
+    frame::write_frame(&mut stream, &probe, 4096).await.unwrap();
+    tokio::time::timeout(
+        PATIENCE,
+        frame::read_frame::<ProbeResponse, _>(&mut stream, 4096),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .expect("an answer")
+}
+
+/// A local workload (the controller) probes a linked cluster's gateway through its own gateway:
+/// the probe crosses the link and the remote gateway's answer comes back; a cluster that cannot
+/// be reached is answered by the local gateway, unhealthy, with the reason.
+#[tokio::test]
+async fn probes_through_the_egress_port_cross_the_link() {
+    let world = World::start().await;
+    // A tunnel first, so that east's ingress watches the echo service's endpoints.
+    let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(echo(&mut stream, b"warm").await, b"warm");
+    let answer = probe_through_egress(&world, "east", 99).await;
+    assert_eq!(answer.nonce, 99);
+    assert_eq!(answer.sent_at_unix_micros, 5);
+    assert_eq!(answer.cluster, "east");
+    assert!(answer.healthy, "{answer:?}");
+    assert!(answer.error.is_empty(), "{answer:?}");
+    // East exports two services; the one it watches, echo, has one ready endpoint.
+    assert_eq!(answer.exported_services, 2);
+    assert_eq!(answer.ready_endpoints, 1);
+
+    let unknown = probe_through_egress(&world, "nowhere", 7).await;
+    assert_eq!(unknown.nonce, 7);
+    assert_eq!(unknown.cluster, "nowhere");
+    assert!(!unknown.healthy);
+    assert!(unknown.error.contains("nowhere"), "{unknown:?}");
+
+    // East's gateway gone: the probe fails at west, which says so.
+    let mut world = world;
+    world.east_gw.signal();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = probe_through_egress(&world, "east", 8).await;
+        if !answer.healthy {
+            assert!(!answer.error.is_empty(), "{answer:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "east still answers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
