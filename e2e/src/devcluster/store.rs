@@ -179,7 +179,14 @@ pub struct Store {
     revision: u64,
     tables: HashMap<Gvr, Table>,
     history_limit: usize,
+    /// The next Service ClusterIP to hand out, as an offset into [`SERVICE_CIDR`].
+    next_cluster_ip: u32,
 }
+
+/// Where Service ClusterIPs come from: `10.96.0.0/12`, as kubeadm's default service range.
+const SERVICE_CIDR: (std::net::Ipv4Addr, u32) = (std::net::Ipv4Addr::new(10, 96, 0, 0), 12);
+/// The first offset handed out (`10.96.0.1` is the `kubernetes` Service's on a real cluster).
+const FIRST_CLUSTER_IP_OFFSET: u32 = 10;
 
 impl Store {
     /// An empty store whose per-resource watch history keeps `history_limit` events.
@@ -188,7 +195,37 @@ impl Store {
             revision: 1,
             tables: HashMap::new(),
             history_limit: history_limit.max(1),
+            next_cluster_ip: FIRST_CLUSTER_IP_OFFSET,
         }
+    }
+
+    /// Gives a Service being created a ClusterIP, as the API server does, unless it names one,
+    /// is headless (`None`) or is an `ExternalName`. Addresses are handed out in order from
+    /// [`SERVICE_CIDR`] and not reused.
+    fn allocate_cluster_ip(&mut self, service: &mut Value) -> Result<(), StoreError> {
+        let Some(spec) = service.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        let named = spec
+            .get("clusterIP")
+            .and_then(Value::as_str)
+            .is_some_and(|ip| !ip.is_empty());
+        let external = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
+        if named || external {
+            return Ok(());
+        }
+        let (base, prefix) = SERVICE_CIDR;
+        let size = 1u32 << (32 - prefix);
+        if self.next_cluster_ip >= size - 1 {
+            return Err(StoreError::Invalid(
+                "the service IP range 10.96.0.0/12 is exhausted".into(),
+            ));
+        }
+        let ip = std::net::Ipv4Addr::from(u32::from(base) + self.next_cluster_ip).to_string();
+        self.next_cluster_ip += 1;
+        spec.insert("clusterIP".into(), json!(ip));
+        spec.insert("clusterIPs".into(), json!([ip]));
+        Ok(())
     }
 
     /// The current global resourceVersion.
@@ -296,8 +333,12 @@ impl Store {
         object: Value,
     ) -> Result<Value, StoreError> {
         let revision = self.revision + 1;
-        let table = self.table_mut(gvr)?;
         let mut object = object;
+        if gvr.group.is_empty() && gvr.resource == "services" {
+            self.table_mut(gvr)?;
+            self.allocate_cluster_ip(&mut object)?;
+        }
+        let table = self.table_mut(gvr)?;
         let namespace = scoped(&table.info, namespace);
         let meta = metadata_mut(&mut object)?;
         let name = match meta.get("name").and_then(Value::as_str) {
@@ -659,6 +700,17 @@ impl Store {
             };
             let (namespace, name) = object_key(&object);
             let namespace = scoped(&table.info, &namespace);
+            if gvr.group.is_empty() && gvr.resource == "services" {
+                let (base, _) = SERVICE_CIDR;
+                let offset = object
+                    .pointer("/spec/clusterIP")
+                    .and_then(Value::as_str)
+                    .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+                    .and_then(|ip| u32::from(ip).checked_sub(u32::from(base)));
+                if let Some(offset) = offset {
+                    self.next_cluster_ip = self.next_cluster_ip.max(offset.saturating_add(1));
+                }
+            }
             table.objects.insert((namespace, name), object);
         }
         self.revision = self.revision.max(revision);
@@ -1000,6 +1052,57 @@ mod tests {
 
     fn cm() -> Gvr {
         Gvr::new("", "v1", "configmaps")
+    }
+
+    #[test]
+    fn services_get_cluster_ips_unless_headless_named_or_external() {
+        let services = Gvr::new("", "v1", "services");
+        let mut s = Store::new(10);
+        s.register(
+            services.clone(),
+            ResourceInfo {
+                kind: "Service".into(),
+                namespaced: true,
+                status_subresource: true,
+            },
+        );
+        let create = |s: &mut Store, name: &str, spec: Value| {
+            let object = json!({"metadata": {"name": name}, "spec": spec});
+            s.create(&services, "default", object).unwrap()
+        };
+        let ip = |object: &Value| object.pointer("/spec/clusterIP").cloned();
+        let first = create(&mut s, "a", json!({"ports": [{"port": 80}]}));
+        assert_eq!(ip(&first), Some(json!("10.96.0.10")));
+        assert_eq!(
+            first.pointer("/spec/clusterIPs"),
+            Some(&json!(["10.96.0.10"]))
+        );
+        let second = create(&mut s, "b", json!({"clusterIP": ""}));
+        assert_eq!(ip(&second), Some(json!("10.96.0.11")));
+        let headless = create(&mut s, "c", json!({"clusterIP": "None"}));
+        assert_eq!(ip(&headless), Some(json!("None")));
+        let named = create(&mut s, "d", json!({"clusterIP": "10.96.5.5"}));
+        assert_eq!(ip(&named), Some(json!("10.96.5.5")));
+        let external = create(
+            &mut s,
+            "e",
+            json!({"type": "ExternalName", "externalName": "x.example"}),
+        );
+        assert_eq!(ip(&external), None);
+
+        // After a restart from a snapshot, addresses in use are not handed out again.
+        let mut restored = Store::new(10);
+        restored.register(
+            services.clone(),
+            ResourceInfo {
+                kind: "Service".into(),
+                namespaced: true,
+                status_subresource: true,
+            },
+        );
+        restored.import(&s.export()).unwrap();
+        let next = create(&mut restored, "f", json!({}));
+        assert_eq!(ip(&next), Some(json!("10.96.5.6")));
     }
 
     fn store(history: usize) -> Store {
