@@ -25,6 +25,11 @@ use crate::{labels, ports};
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// Default [`LinkSpec::trust_bundle_config_map`].
 pub const DEFAULT_TRUST_BUNDLE_CONFIG_MAP: &str = "mesh-trust-bundle";
+/// The key of the PEM root certificates in a trust bundle ConfigMap (this cluster's, published
+/// by its controller, and the one a Link's [`LinkSpec::trust_bundle_config_map`] names).
+pub const TRUST_BUNDLE_CONFIG_MAP_KEY: &str = "roots.pem";
+/// The key of the trust domain's name in a trust bundle ConfigMap.
+pub const TRUST_DOMAIN_CONFIG_MAP_KEY: &str = "trustDomain";
 /// The key of the kubeconfig in the Secret named by [`LinkSpec::credentials_secret`].
 pub const CREDENTIALS_SECRET_KEY: &str = "kubeconfig";
 /// Default [`LinkProbe::period_seconds`].

@@ -31,6 +31,11 @@
 //!   (ports and ranges, comma separated: `3306,5000-5100`).
 
 pub mod cache;
+pub mod link;
+pub mod links;
+pub mod mirror;
+pub mod probe;
+pub mod remote;
 
 /// The `endpointslice.kubernetes.io/managed-by` value of the EndpointSlices of mirrors.
 pub const MIRROR_SLICE_MANAGER: &str = "mesh-controller.multicluster.mesh.io";

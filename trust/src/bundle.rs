@@ -84,7 +84,7 @@ pub struct BundleDiff {
 }
 
 /// A root that has passed the checks of [`TrustBundleSet::insert`].
-#[derive(Debug, Clone)]
+#[derive(Debug, PartialEq, Eq, Clone)]
 pub struct RootInfo {
     pub domain: TrustDomain,
     pub fingerprint_sha256: String,

@@ -104,7 +104,11 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
                 add(&mut work, path, copied).map_err(|r| bad(&r))?;
             }
             "test" => {
-                if work.pointer(path) != Some(&value()?) {
+                // As the API server's JSON patch: a missing member tests equal to null (kube-rs's
+                // finalizer helper relies on it to add the first finalizer).
+                let expected = value()?;
+                let found = work.pointer(path).unwrap_or(&Value::Null);
+                if *found != expected {
                     return Err(PatchError::TestFailed {
                         index,
                         path: path.to_string(),
@@ -203,6 +207,7 @@ mod tests {
                 {"op": "move", "from": "/x/c", "path": "/y"},
                 {"op": "remove", "path": "/a/0"},
                 {"op": "test", "path": "/y", "value": 2},
+                {"op": "test", "path": "/absent", "value": null},
                 {"op": "add", "path": "/m~1n", "value": true}
             ]),
         )
@@ -220,6 +225,7 @@ mod tests {
             json!({"op": "add"}),
             json!([{"op": "replace", "path": "/nope", "value": 1}]),
             json!([{"op": "remove", "path": "/a"}, {"op": "test", "path": "/a", "value": 1}]),
+            json!([{"op": "test", "path": "/missing", "value": 0}]),
             json!([{"op": "frob", "path": "/a"}]),
             json!([{"op": "add", "path": "a", "value": 1}]),
             json!([{"op": "add", "path": "/a/b/c", "value": 1}]),

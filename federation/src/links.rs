@@ -1,0 +1,821 @@
+//! The Link reconciler: a kube-runtime `Controller` over the Links of the mesh namespace.
+//!
+//! For each Link, level-triggered (a change of the Link or of its credentials Secret, and every
+//! [`RESYNC`] anyway; a change of its worker's state or of its gateway's health re-applies it
+//! too, so the status follows within [`STATUS_DEBOUNCE`]):
+//! 1. A finalizer ([`FINALIZER`]) is added; on deletion the Link's worker and probes stop, every
+//!    mirror of its cluster is deleted, and the finalizer is removed.
+//! 2. The Link is validated ([`link::validate`]); a bad one gets its condition and nothing runs
+//!    for it (its mirrors are kept until it is fixed or deleted).
+//! 3. The credentials Secret is read and its kubeconfig parsed; a missing Secret, a missing key
+//!    or a broken kubeconfig is a `CredentialsValid=False` condition.
+//! 4. A [`LinkWorker`] runs for the Link with a client for the remote API; it is replaced when
+//!    the Link's spec or the Secret's contents change (so new credentials take effect at once),
+//!    and probing of the remote gateway runs beside it.
+//! 5. The status is written from what the worker and the probes report: conditions,
+//!    the gateway's health, the mirror count and the remote roots' expiry.
+//!
+//! At start, once the cache is complete, mirrors whose cluster no Link names any more are
+//! deleted (orphans of a Link removed while no controller ran).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use mesh_api::crd::{
+    CREDENTIALS_SECRET_KEY, Link, LinkGatewayStatus, LinkStatus, LinkTrustBundleStatus,
+    TrustDomainStatus, TrustRootStatus,
+};
+use mesh_api::labels;
+use mesh_trust::bundle::RootInfo;
+use mesh_trust::{TrustBundleSet, TrustDomain};
+use tokio::sync::Notify;
+
+use crate::cache::Cache;
+use crate::link::{self, LinkProblem, ValidLink, condition};
+use crate::mirror::MirrorWriter;
+use crate::probe::{GatewayHealthSource, ProbeHandle};
+use crate::remote::{LinkWorker, RemoteError, RemoteState};
+
+/// The finalizer on every Link the controller has acted on.
+pub const FINALIZER: &str = "multicluster.mesh.io/mirrors";
+/// How often a Link is reconciled without any change.
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// How long a worker's or a probe's change waits for others before the status is written.
+const STATUS_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// What the link reconciler needs to know about this cluster.
+#[derive(Clone, Debug)]
+pub struct LinksConfig {
+    /// The namespace whose Links are served (the mesh namespace).
+    pub namespace: String,
+    /// This cluster's name.
+    pub cluster: String,
+    /// This cluster's trust domain.
+    pub trust_domain: TrustDomain,
+}
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API refused a read or a write.
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    /// A mirror could not be deleted on cleanup.
+    #[error("{0}")]
+    Cleanup(String),
+    /// The finalizer could not be handled.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// A Link's current bundle, per cluster, for the trust bridge.
+pub type LinkedBundles =
+    tokio::sync::watch::Receiver<BTreeMap<String, (TrustDomain, TrustBundleSet)>>;
+
+/// The state shared by every reconcile.
+struct Context {
+    client: Client,
+    cache: Cache,
+    config: LinksConfig,
+    writer: MirrorWriter,
+    probes: Option<Arc<dyn GatewayHealthSource>>,
+    running: Mutex<HashMap<String, Running>>,
+    /// The controller's Links, once it runs: what a worker's change is applied to.
+    links: std::sync::OnceLock<Store<Link>>,
+    bundles: tokio::sync::watch::Sender<BTreeMap<String, (TrustDomain, TrustBundleSet)>>,
+}
+
+/// What runs for one Link.
+struct Running {
+    /// The digest of the Link spec and Secret data the worker was started with.
+    digest: u64,
+    cluster: String,
+    worker: LinkWorker,
+    probe: ProbeHandle,
+    _forward: tokio::task::JoinHandle<()>,
+    /// The last good remote bundle and its roots.
+    bundle: (TrustBundleSet, Vec<RootInfo>),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self._forward.abort();
+    }
+}
+
+/// The link reconciler and the trust bundles of linked domains it keeps current.
+pub struct Links {
+    context: Arc<Context>,
+    bundles: LinkedBundles,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("config", &self.context.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    /// A reconciler writing through `client`, reading `cache`, mirroring through `writer`, and
+    /// probing gateways through `probes` (none: every gateway counts as alive).
+    pub fn new(
+        client: Client,
+        cache: Cache,
+        config: LinksConfig,
+        writer: MirrorWriter,
+        probes: Option<Arc<dyn GatewayHealthSource>>,
+    ) -> Self {
+        let (bundles_tx, bundles) = tokio::sync::watch::channel(BTreeMap::new());
+        Self {
+            context: Arc::new(Context {
+                client,
+                cache,
+                config,
+                writer,
+                probes,
+                running: Mutex::new(HashMap::new()),
+                links: std::sync::OnceLock::new(),
+                bundles: bundles_tx,
+            }),
+            bundles,
+        }
+    }
+
+    /// The current bundle of every linked cluster (cluster -> domain and roots), as the Links
+    /// and the remote ConfigMaps say, refused bundles excepted.
+    pub fn bundles(&self) -> LinkedBundles {
+        self.bundles.clone()
+    }
+
+    /// Runs until `shutdown` resolves; then stops every worker.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    ) {
+        let Self { context, .. } = self;
+        context.cache.wait_ready().await;
+        collect_orphans(&context).await;
+
+        let namespace = context.config.namespace.clone();
+        let links: Api<Link> = Api::namespaced(context.client.clone(), &namespace);
+        let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
+        let controller = Controller::new(links, watcher::Config::default());
+        let store = controller.store();
+        let _ = context.links.set(store.clone());
+        controller
+            .watches(
+                secrets,
+                watcher::Config::default(),
+                move |secret: Secret| {
+                    let name = secret.name_any();
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|link| link.spec.credentials_secret == name)
+                        .map(|link| ObjectRef::from_obj(&*link))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile, error_policy, context.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "link reconcile");
+                }
+            })
+            .await;
+        context
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+fn error_policy(link: Arc<Link>, error: &ReconcileError, _: Arc<Context>) -> Action {
+    tracing::warn!(link = %link.name_any(), %error, "link reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(link: Arc<Link>, context: Arc<Context>) -> Result<Action, ReconcileError> {
+    tracing::debug!(link = %link.name_any(), "reconciling");
+    let api: Api<Link> = Api::namespaced(context.client.clone(), &context.config.namespace);
+    finalizer::finalizer(&api, FINALIZER, link, |event| async {
+        match event {
+            Finalizer::Apply(link) => apply(&link, &context).await,
+            Finalizer::Cleanup(link) => cleanup(&link, &context).await,
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error,
+        other => ReconcileError::Finalizer(other.to_string()),
+    })
+}
+
+/// A Link's spec and Secret as the worker was started with them.
+fn digest(link: &Link, secret: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&link.spec)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    secret.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Why the Link's credentials cannot be used.
+async fn remote_client(context: &Context, valid: &ValidLink) -> Result<(Client, Vec<u8>), String> {
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &valid.namespace);
+    let secret = secrets
+        .get_opt(&valid.credentials_secret)
+        .await
+        .map_err(|e| format!("reading Secret {}: {e}", valid.credentials_secret))?
+        .ok_or_else(|| {
+            format!(
+                "Secret {} does not exist in namespace {}: create it with `mesh multicluster link`",
+                valid.credentials_secret, valid.namespace
+            )
+        })?;
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(CREDENTIALS_SECRET_KEY))
+        .map(|bytes| bytes.0.clone())
+        .ok_or_else(|| {
+            format!(
+                "Secret {} has no {CREDENTIALS_SECRET_KEY:?} key",
+                valid.credentials_secret
+            )
+        })?;
+    let text = std::str::from_utf8(&data).map_err(|_| {
+        format!(
+            "Secret {}: the kubeconfig is not UTF-8",
+            valid.credentials_secret
+        )
+    })?;
+    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| {
+        format!(
+            "Secret {}: the kubeconfig does not parse: {}",
+            valid.credentials_secret,
+            first_line(&e)
+        )
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| {
+            format!(
+                "Secret {}: the kubeconfig is unusable: {}",
+                valid.credentials_secret,
+                first_line(&e)
+            )
+        })?;
+    let client = Client::try_from(config).map_err(|e| {
+        format!(
+            "Secret {}: no client from the kubeconfig: {e}",
+            valid.credentials_secret
+        )
+    })?;
+    Ok((client, data))
+}
+
+/// The first line of an error about a Secret's contents, at most 200 characters: parsers follow
+/// it with a quote of the offending input, which must not reach a status or a log.
+fn first_line(error: &dyn std::fmt::Display) -> String {
+    error
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
+}
+
+async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileError> {
+    let name = link.name_any();
+    let mut conditions = Conditions::new(link);
+    let valid = match link::validate(
+        link,
+        &context.config.cluster,
+        &context.config.trust_domain,
+        SystemTime::now(),
+    ) {
+        Ok(valid) => valid,
+        Err(problem) => {
+            stop(context, &name);
+            conditions.problem(&problem);
+            write_status(context, link, conditions.finish()).await?;
+            return Ok(Action::requeue(RESYNC));
+        }
+    };
+    conditions.set(condition::VALID, true, "Valid", "the link's spec is usable");
+
+    let (client, secret) = match remote_client(context, &valid).await {
+        Ok(found) => found,
+        Err(reason) => {
+            stop(context, &name);
+            conditions.set(
+                condition::CREDENTIALS_VALID,
+                false,
+                "InvalidCredentials",
+                &reason,
+            );
+            write_status(context, link, conditions.finish()).await?;
+            return Ok(Action::requeue(RESYNC));
+        }
+    };
+
+    let digest = digest(link, &secret);
+    let (state, health, bundle) = {
+        let mut running = context
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let restart = running.get(&name).is_none_or(|r| r.digest != digest);
+        if restart {
+            tracing::info!(link = %name, cluster = %valid.cluster, "starting the link's remote watches");
+            running.remove(&name);
+            running.insert(name.clone(), start(context, link, &valid, client, digest));
+        }
+        let Some(entry) = running.get_mut(&name) else {
+            return Ok(Action::requeue(RESYNC));
+        };
+        let state = entry.worker.state().borrow().clone();
+        // A valid bundle from the remote ConfigMap replaces the last good one; a bad one is
+        // reported and the last good one kept.
+        if let Some(Ok((set, roots))) = &state.bundle {
+            entry.bundle = (set.clone(), roots.clone());
+        }
+        let health = entry.probe.health.borrow().clone();
+        (state, health, entry.bundle.clone())
+    };
+    context.bundles.send_if_modified(|bundles| {
+        let wanted = (valid.trust_domain.clone(), bundle.0.clone());
+        if bundles.get(&valid.cluster) == Some(&wanted) {
+            return false;
+        }
+        bundles.insert(valid.cluster.clone(), wanted);
+        true
+    });
+
+    describe_remote(&mut conditions, &state, &health);
+    let gateway = LinkGatewayStatus {
+        alive: health.alive,
+        latency_ms: health
+            .latency
+            .map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
+        last_probe_time: health.last_probe.map(mesh_trust::x509::rfc3339),
+    };
+    let mut status = conditions.finish();
+    status.gateway = gateway;
+    status.mirrored_services = state.mirrored;
+    status.trust_bundle = LinkTrustBundleStatus {
+        domains: vec![TrustDomainStatus {
+            trust_domain: valid.trust_domain.to_string(),
+            roots: bundle
+                .1
+                .iter()
+                .map(|root| TrustRootStatus {
+                    fingerprint_sha256: root.fingerprint_sha256.clone(),
+                    not_after: mesh_trust::x509::rfc3339(root.not_after),
+                })
+                .collect(),
+        }],
+    };
+    write_status(context, link, status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Sets the conditions the worker's state and the probes decide.
+fn describe_remote(
+    conditions: &mut Conditions,
+    state: &RemoteState,
+    health: &crate::probe::GatewayHealth,
+) {
+    match &state.reachable {
+        Some(Err(error @ RemoteError::Credentials(_))) => {
+            conditions.set(
+                condition::CREDENTIALS_VALID,
+                false,
+                "Refused",
+                &error.to_string(),
+            );
+            conditions.set(
+                condition::REMOTE_REACHABLE,
+                true,
+                "Answered",
+                "the remote API answered, refusing the credentials",
+            );
+        }
+        Some(Err(error @ RemoteError::Unreachable(_))) => {
+            conditions.set(
+                condition::CREDENTIALS_VALID,
+                true,
+                "Parsed",
+                "the kubeconfig is usable",
+            );
+            conditions.set(
+                condition::REMOTE_REACHABLE,
+                false,
+                "Unreachable",
+                &format!("{error}; mirrors are kept as they were"),
+            );
+        }
+        Some(Ok(())) => {
+            conditions.set(
+                condition::CREDENTIALS_VALID,
+                true,
+                "Accepted",
+                "the remote API accepted the credentials",
+            );
+            conditions.set(
+                condition::REMOTE_REACHABLE,
+                true,
+                "Answered",
+                "the remote API answered",
+            );
+        }
+        None => {
+            conditions.set(
+                condition::CREDENTIALS_VALID,
+                true,
+                "Parsed",
+                "the kubeconfig is usable",
+            );
+            conditions.set(
+                condition::REMOTE_REACHABLE,
+                false,
+                "Connecting",
+                "waiting for the remote API's first answer",
+            );
+        }
+    }
+    match &state.bundle {
+        Some(Err(reason)) => conditions.set(
+            condition::TRUST_BUNDLE_VALID,
+            false,
+            "InvalidRemoteTrustBundle",
+            &format!("{reason}; the last good bundle is kept"),
+        ),
+        Some(Ok(_)) => conditions.set(
+            condition::TRUST_BUNDLE_VALID,
+            true,
+            "Current",
+            "the remote cluster's published bundle is in use",
+        ),
+        None => conditions.set(
+            condition::TRUST_BUNDLE_VALID,
+            true,
+            "FromLink",
+            "the link's bundle is in use (the remote cluster publishes none yet)",
+        ),
+    }
+    if health.alive {
+        conditions.set(
+            condition::GATEWAY_ALIVE,
+            true,
+            "Alive",
+            "the remote gateway answers probes",
+        );
+    } else {
+        let reason = health.last_error.as_deref().unwrap_or("probes failed");
+        conditions.set(
+            condition::GATEWAY_ALIVE,
+            false,
+            "ProbesFailing",
+            &format!("{reason}; this cluster's mirrors are marked not ready"),
+        );
+    }
+    if !state.synced {
+        conditions.set(
+            condition::MIRRORED,
+            false,
+            "Syncing",
+            "waiting for the remote Services and EndpointSlices to be listed",
+        );
+    } else if state.problem_count == 0 {
+        conditions.set(
+            condition::MIRRORED,
+            true,
+            "Mirrored",
+            &format!("{} services mirrored", state.mirrored),
+        );
+    } else {
+        conditions.set(
+            condition::MIRRORED,
+            false,
+            "NotAllMirrored",
+            &format!(
+                "{} not mirrored: {}",
+                state.problem_count,
+                state.problems.join("; ")
+            ),
+        );
+    }
+}
+
+/// Starts a Link's worker and probes, and forwards their changes to the reconciler.
+fn start(
+    context: &Arc<Context>,
+    link: &Link,
+    valid: &ValidLink,
+    client: Client,
+    digest: u64,
+) -> Running {
+    let probe = match &context.probes {
+        Some(source) => source.probe(valid),
+        None => ProbeHandle::always_alive(),
+    };
+    let changed = Arc::new(Notify::new());
+    let worker = LinkWorker::spawn(
+        valid.clone(),
+        client,
+        context.writer.clone(),
+        context.cache.clone(),
+        probe.health.clone(),
+        changed.clone(),
+    );
+    let reference = ObjectRef::from_obj(link);
+    let (weak, mut health) = (Arc::downgrade(context), probe.health.clone());
+    let forward = tokio::spawn(async move {
+        let mut probing = true;
+        loop {
+            tokio::select! {
+                () = changed.notified() => {}
+                result = health.changed(), if probing => probing = result.is_ok(),
+            }
+            // Bursts of changes become one status write.
+            tokio::time::sleep(STATUS_DEBOUNCE).await;
+            let Some(context) = weak.upgrade() else {
+                return;
+            };
+            let link = context.links.get().and_then(|store| store.get(&reference));
+            let Some(link) = link else {
+                tracing::debug!(link = %reference.name, "status refresh: the link is not in the store");
+                continue;
+            };
+            let live = link.metadata.deletion_timestamp.is_none()
+                && link.finalizers().iter().any(|f| f == FINALIZER);
+            tracing::debug!(link = %reference.name, live, "status refresh");
+            if live && let Err(error) = apply(&link, &context).await {
+                tracing::warn!(link = %reference.name, %error, "status refresh failed");
+            }
+        }
+    });
+    Running {
+        digest,
+        cluster: valid.cluster.clone(),
+        worker,
+        probe,
+        _forward: forward,
+        bundle: (valid.bundle.clone(), valid.bundle.root_infos()),
+    }
+}
+
+/// Stops whatever runs for the Link `name`.
+fn stop(context: &Context, name: &str) {
+    let removed = context
+        .running
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(name);
+    if let Some(running) = removed {
+        tracing::info!(link = %name, cluster = %running.cluster, "stopped the link's remote watches");
+    }
+}
+
+async fn cleanup(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileError> {
+    let name = link.name_any();
+    stop(context, &name);
+    let cluster = link.spec.cluster_name.clone();
+    context
+        .bundles
+        .send_if_modified(|bundles| bundles.remove(&cluster).is_some());
+    let removed = delete_mirrors_of(context, &cluster).await?;
+    tracing::info!(link = %name, %cluster, removed, "link deleted; its mirrors are removed");
+    Ok(Action::await_change())
+}
+
+/// Deletes every mirror of `cluster` (listed from the API, not the cache, so none is missed).
+async fn delete_mirrors_of(context: &Context, cluster: &str) -> Result<usize, ReconcileError> {
+    let services: Api<Service> = Api::all(context.client.clone());
+    let selector = format!(
+        "{}={},{}={cluster}",
+        labels::MIRRORED_SERVICE,
+        labels::TRUE,
+        labels::CLUSTER_NAME
+    );
+    let list = services
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?;
+    let mut removed = 0;
+    for service in list {
+        let namespace = service.namespace().unwrap_or_default();
+        match context
+            .writer
+            .delete(&namespace, &service.name_any(), cluster)
+            .await
+        {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(problem) => return Err(ReconcileError::Cleanup(problem.to_string())),
+        }
+    }
+    Ok(removed)
+}
+
+/// Deletes mirrors whose cluster no Link names.
+async fn collect_orphans(context: &Context) {
+    let clusters: Vec<String> = context
+        .cache
+        .links
+        .state()
+        .iter()
+        .filter(|link| link.namespace().as_deref() == Some(context.config.namespace.as_str()))
+        .map(|link| link.spec.cluster_name.clone())
+        .collect();
+    let orphaned: std::collections::BTreeSet<String> = context
+        .cache
+        .services
+        .state()
+        .iter()
+        .filter(|s| {
+            s.labels().get(labels::MIRRORED_SERVICE).map(String::as_str) == Some(labels::TRUE)
+        })
+        .filter_map(|s| s.labels().get(labels::CLUSTER_NAME).cloned())
+        .filter(|cluster| !clusters.contains(cluster))
+        .collect();
+    for cluster in orphaned {
+        match delete_mirrors_of(context, &cluster).await {
+            Ok(removed) => {
+                tracing::info!(%cluster, removed, "removed the mirrors of a cluster no Link names")
+            }
+            Err(error) => tracing::warn!(%cluster, %error, "orphaned mirrors not removed"),
+        }
+    }
+}
+
+/// Conditions being built for one status write; transition times are kept for unchanged ones.
+struct Conditions {
+    previous: Vec<Condition>,
+    generation: Option<i64>,
+    next: Vec<Condition>,
+}
+
+impl Conditions {
+    fn new(link: &Link) -> Self {
+        Self {
+            previous: link
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default(),
+            generation: link.metadata.generation,
+            next: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, type_: &str, ok: bool, reason: &str, message: &str) {
+        let status = if ok { "True" } else { "False" };
+        let since = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+        self.next.retain(|c| c.type_ != type_);
+        self.next.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            last_transition_time: since,
+            observed_generation: self.generation,
+        });
+    }
+
+    fn problem(&mut self, problem: &LinkProblem) {
+        let (type_, reason) = problem.condition();
+        if type_ != condition::VALID {
+            self.set(condition::VALID, true, "Valid", "the link's spec is usable");
+        }
+        self.set(type_, false, reason, &problem.to_string());
+    }
+
+    /// The status with a `Ready` condition summing the others up.
+    fn finish(mut self) -> LinkStatus {
+        let failing: Vec<String> = self
+            .next
+            .iter()
+            .filter(|c| c.status != "True")
+            .map(|c| format!("{}: {}", c.type_, c.message))
+            .collect();
+        if failing.is_empty() {
+            self.set(condition::READY, true, "Ready", "the link is working");
+        } else {
+            self.set(condition::READY, false, "NotReady", &failing.join("; "));
+        }
+        LinkStatus {
+            conditions: self.next,
+            observed_generation: self.generation,
+            ..LinkStatus::default()
+        }
+    }
+}
+
+/// Writes `status` if it differs from the Link's.
+async fn write_status(
+    context: &Context,
+    link: &Link,
+    status: LinkStatus,
+) -> Result<(), ReconcileError> {
+    if link.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<Link> = Api::namespaced(context.client.clone(), &context.config.namespace);
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(
+        &link.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_sums_up_and_transition_times_are_kept() {
+        let mut link = Link::new(
+            "east",
+            serde_json::from_value(serde_json::json!({
+                "clusterName": "east", "trustDomain": "east.local",
+                "gateway": {"addresses": ["10.0.0.1"], "identity": "spiffe://east.local/ns/mesh/sa/mesh-gateway"},
+                "credentialsSecret": "east", "trustBundle": ""
+            }))
+            .unwrap(),
+        );
+        let mut conditions = Conditions::new(&link);
+        conditions.set(condition::VALID, true, "Valid", "ok");
+        conditions.set(condition::GATEWAY_ALIVE, false, "ProbesFailing", "down");
+        let status = conditions.finish();
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::READY)
+            .unwrap();
+        assert_eq!(ready.status, "False");
+        assert!(
+            ready.message.contains("GatewayAlive: down"),
+            "{}",
+            ready.message
+        );
+
+        let old = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let mut previous = status.clone();
+        for c in &mut previous.conditions {
+            c.last_transition_time = old.clone();
+        }
+        link.status = Some(previous);
+        let mut conditions = Conditions::new(&link);
+        conditions.set(condition::VALID, true, "Valid", "ok");
+        conditions.set(condition::GATEWAY_ALIVE, true, "Alive", "up");
+        let status = conditions.finish();
+        let valid = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::VALID)
+            .unwrap();
+        assert_eq!(
+            valid.last_transition_time, old,
+            "unchanged: the old transition time"
+        );
+        let alive = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::GATEWAY_ALIVE)
+            .unwrap();
+        assert_ne!(
+            alive.last_transition_time, old,
+            "changed: a new transition time"
+        );
+    }
+}

@@ -1,0 +1,524 @@
+//! The link reconciler and mirroring against two dev clusters, west (where the controller runs)
+//! and east (the linked cluster), each a real Kubernetes-compatible API server on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, ResourceExt};
+use mesh_api::crd::{Link, LinkGateway, LinkProbe, LinkSpec};
+use mesh_api::labels;
+use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
+use mesh_federation::cache::Cache;
+use mesh_federation::link::condition;
+use mesh_federation::links::{Links, LinksConfig};
+use mesh_federation::mirror::{MirrorSettings, MirrorWriter, endpoint_ready};
+use mesh_trust::TrustDomain;
+use mesh_trust::ca::CertificateAuthority;
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+const GATEWAY: &str = "10.0.0.50";
+
+async fn client_for(kubeconfig: &str) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(kubeconfig).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+async fn cluster(name: &str) -> (DevCluster, Client) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let cluster = DevCluster::start(DevClusterConfig {
+        name: name.into(),
+        endpoints_controller: true,
+        ..DevClusterConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = client_for(cluster.kubeconfig()).await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in mesh_api::crd::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    for namespace in ["mesh", "shop"] {
+        create_namespace(&client, namespace).await;
+    }
+    (cluster, client)
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let object: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+}
+
+/// Polls `check` until it gives a value.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn east_root_pem() -> String {
+    CertificateAuthority::create_root(
+        &TrustDomain::new("east.local").unwrap(),
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    .certificate_pem()
+}
+
+fn link(bundle: &str) -> Link {
+    let mut link = Link::new(
+        "east",
+        LinkSpec {
+            cluster_name: "east".into(),
+            trust_domain: "east.local".into(),
+            cluster_domain: "cluster.local".into(),
+            gateway: LinkGateway {
+                addresses: vec!["127.0.0.1".into()],
+                port: 4180,
+                identity: "spiffe://east.local/ns/mesh/sa/mesh-gateway".into(),
+            },
+            credentials_secret: "east-credentials".into(),
+            trust_bundle: bundle.into(),
+            trust_bundle_config_map: "mesh-trust-bundle".into(),
+            export_selector: serde_json::from_value(
+                json!({"matchLabels": {"mesh.io/exported": "true"}}),
+            )
+            .unwrap(),
+            probe: LinkProbe::default(),
+        },
+    );
+    link.metadata.namespace = Some("mesh".into());
+    link
+}
+
+async fn put_credentials(west: &Client, kubeconfig: &str) {
+    let secrets: Api<Secret> = Api::namespaced(west.clone(), "mesh");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "east-credentials", "namespace": "mesh"},
+        "stringData": {"kubeconfig": kubeconfig}
+    }))
+    .unwrap();
+    let secret = Secret {
+        data: secret.string_data.as_ref().map(|data| {
+            data.iter()
+                .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                .collect()
+        }),
+        string_data: None,
+        ..secret
+    };
+    secrets
+        .patch(
+            "east-credentials",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+/// East's `web` Service in `shop`, exported, with one ready pod.
+async fn export_web(east: &Client) {
+    let services: Api<Service> = Api::namespaced(east.clone(), "shop");
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop",
+            "labels": {"app": "web", "mesh.io/exported": "true"},
+            "annotations": {"team": "storefront"}},
+        "spec": {"selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(east.clone(), "shop");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0", "namespace": "shop", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "web"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    // Status is written through its subresource, as the kubelet does.
+    pods.patch_status(
+        "web-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"podIP": "10.2.0.7",
+            "conditions": [{"type": "Ready", "status": "True"}]}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// The controller's link reconciler on west, until the returned sender is dropped or fired.
+fn start_controller(west: &Client) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let cache = Cache::start(west);
+    let writer = MirrorWriter::new(
+        west.clone(),
+        MirrorSettings {
+            gateway_egress: Some(GATEWAY.parse().unwrap()),
+            ..MirrorSettings::default()
+        },
+    );
+    let links = Links::new(
+        west.clone(),
+        cache,
+        LinksConfig {
+            namespace: "mesh".into(),
+            cluster: "west".into(),
+            trust_domain: TrustDomain::new("west.local").unwrap(),
+        },
+        writer,
+        None,
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(links.run(async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+async fn mirror(west: &Client, name: &str) -> Option<Service> {
+    let services: Api<Service> = Api::namespaced(west.clone(), "shop");
+    services.get_opt(name).await.unwrap()
+}
+
+async fn link_condition(west: &Client, type_: &str) -> Option<(String, String)> {
+    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
+    let link = links.get_opt("east").await.unwrap()?;
+    let condition = link
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((condition.status, condition.message))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_mirrors_exported_services_and_follows_the_remote() {
+    let (_west_cluster, west) = cluster("west").await;
+    let (east_cluster, east) = cluster("east").await;
+    put_credentials(&west, east_cluster.kubeconfig()).await;
+    let (_stop, _task) = start_controller(&west);
+
+    let exported = Instant::now();
+    export_web(&east).await;
+    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
+    links
+        .create(&PostParams::default(), &link(&east_root_pem()))
+        .await
+        .unwrap();
+
+    // The mirror, with its labels, annotations, ports and an endpoint at the gateway.
+    let service = eventually("web-east is mirrored", || mirror(&west, "web-east")).await;
+    eprintln!("mirror after {:?}", exported.elapsed());
+    let labels = service.labels();
+    assert_eq!(labels.get(labels::MIRRORED_SERVICE).unwrap(), "true");
+    assert_eq!(labels.get(labels::CLUSTER_NAME).unwrap(), "east");
+    assert_eq!(labels.get("app").unwrap(), "web");
+    assert!(!labels.contains_key(labels::EXPORTED));
+    assert_eq!(
+        service
+            .annotations()
+            .get(labels::REMOTE_SVC_FQ_NAME)
+            .unwrap(),
+        "web.shop.svc.cluster.local"
+    );
+    assert_eq!(service.annotations().get("team").unwrap(), "storefront");
+    let spec = service.spec.unwrap();
+    assert!(spec.cluster_ip.is_some_and(|ip| ip.starts_with("10.96.")));
+    assert_eq!(spec.ports.unwrap()[0].port, 80);
+    let slices: Api<EndpointSlice> = Api::namespaced(west.clone(), "shop");
+    let slice = eventually("the mirror's slice is ready", || {
+        let slices = slices.clone();
+        async move {
+            let slice = slices.get_opt("web-east").await.unwrap()?;
+            (slice.endpoints.len() == 1 && endpoint_ready(&slice.endpoints[0])).then_some(slice)
+        }
+    })
+    .await;
+    assert_eq!(slice.endpoints[0].addresses, vec![GATEWAY]);
+
+    // The status says so.
+    let (ready, message) = eventually("the link is ready", || async {
+        link_condition(&west, condition::READY)
+            .await
+            .filter(|(status, _)| status == "True")
+    })
+    .await;
+    assert_eq!(ready, "True", "{message}");
+    let status = links.get("east").await.unwrap().status.unwrap();
+    assert_eq!(status.mirrored_services, 1);
+    assert_eq!(status.trust_bundle.domains[0].trust_domain, "east.local");
+    assert_eq!(status.trust_bundle.domains[0].roots.len(), 1);
+
+    // East's pod stops being ready: the mirror's endpoint follows.
+    let pods: Api<Pod> = Api::namespaced(east.clone(), "shop");
+    pods.patch_status(
+        "web-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})),
+    )
+    .await
+    .unwrap();
+    eventually("the mirror's endpoint is not ready", || {
+        let slices = slices.clone();
+        async move {
+            let slice = slices.get_opt("web-east").await.unwrap()?;
+            slice
+                .endpoints
+                .first()
+                .is_some_and(|e| !endpoint_ready(e))
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Unexported: the mirror goes.
+    let services: Api<Service> = Api::namespaced(east.clone(), "shop");
+    services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"mesh.io/exported": null}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the unexported mirror is removed", || async {
+        mirror(&west, "web-east").await.is_none().then_some(())
+    })
+    .await;
+
+    // Exported again, then deleted in east: the mirror comes back, then goes.
+    services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"mesh.io/exported": "true"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("re-exported", || mirror(&west, "web-east")).await;
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the deleted service's mirror is removed", || async {
+        mirror(&west, "web-east").await.is_none().then_some(())
+    })
+    .await;
+
+    // Deleting the Link removes its mirrors and then the Link itself.
+    export_web_again(&east).await;
+    eventually("mirrored again", || mirror(&west, "web-east")).await;
+    links
+        .delete("east", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the link and its mirrors are gone", || async {
+        let gone = mirror(&west, "web-east").await.is_none()
+            && links.get_opt("east").await.unwrap().is_none();
+        gone.then_some(())
+    })
+    .await;
+}
+
+async fn export_web_again(east: &Client) {
+    let services: Api<Service> = Api::namespaced(east.clone(), "shop");
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop",
+            "labels": {"app": "web", "mesh.io/exported": "true"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_links_and_bad_credentials_get_conditions() {
+    let (_west_cluster, west) = cluster("west").await;
+    let (_stop, _task) = start_controller(&west);
+    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
+
+    // A garbage trust bundle.
+    links
+        .create(
+            &PostParams::default(),
+            &link("-----BEGIN CERTIFICATE-----\ngarbage"),
+        )
+        .await
+        .unwrap();
+    let (status, message) = eventually("a bundle condition", || {
+        link_condition(&west, condition::TRUST_BUNDLE_VALID)
+    })
+    .await;
+    assert_eq!(status, "False");
+    assert!(message.contains("spec.trustBundle"), "{message}");
+
+    // A good bundle but no Secret.
+    links
+        .patch(
+            "east",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"trustBundle": east_root_pem()}})),
+        )
+        .await
+        .unwrap();
+    let (_, message) = eventually("a credentials condition", || async {
+        link_condition(&west, condition::CREDENTIALS_VALID)
+            .await
+            .filter(|(status, _)| status == "False")
+    })
+    .await;
+    assert!(message.contains("east-credentials"), "{message}");
+    assert!(message.contains("does not exist"), "{message}");
+
+    // A Secret whose kubeconfig is broken: named, without its contents.
+    put_credentials(&west, "this: is: not: a kubeconfig: [").await;
+    let (_, message) = eventually("a kubeconfig condition", || async {
+        link_condition(&west, condition::CREDENTIALS_VALID)
+            .await
+            .filter(|(status, m)| status == "False" && m.contains("kubeconfig"))
+    })
+    .await;
+    assert!(!message.contains("not: a kubeconfig"), "{message}");
+
+    // A bad gateway address.
+    links
+        .patch(
+            "east",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"gateway": {"addresses": ["no such host!"]}}})),
+        )
+        .await
+        .unwrap();
+    let (_, message) = eventually("an address condition", || async {
+        link_condition(&west, condition::VALID)
+            .await
+            .filter(|(status, _)| status == "False")
+    })
+    .await;
+    assert!(message.contains("no such host!"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_remote_keeps_the_mirrors_and_a_restart_neither_duplicates_nor_loses() {
+    let (_west_cluster, west) = cluster("west").await;
+    let (east_cluster, east) = cluster("east").await;
+    put_credentials(&west, east_cluster.kubeconfig()).await;
+    export_web(&east).await;
+    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
+    links
+        .create(&PostParams::default(), &link(&east_root_pem()))
+        .await
+        .unwrap();
+    let (stop, task) = start_controller(&west);
+    eventually("mirrored", || mirror(&west, "web-east")).await;
+
+    // A user's Service in the way of a mirror is left alone and reported.
+    let services: Api<Service> = Api::namespaced(west.clone(), "shop");
+    let theirs: Service = serde_json::from_value(json!({
+        "metadata": {"name": "api-east", "namespace": "shop", "labels": {"owner": "someone"}},
+        "spec": {"ports": [{"port": 9999}]}
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let east_services: Api<Service> = Api::namespaced(east.clone(), "shop");
+    let api: Service = serde_json::from_value(json!({
+        "metadata": {"name": "api", "namespace": "shop", "labels": {"mesh.io/exported": "true"}},
+        "spec": {"ports": [{"port": 8443}]}
+    }))
+    .unwrap();
+    east_services
+        .create(&PostParams::default(), &api)
+        .await
+        .unwrap();
+    let (_, message) = eventually("a conflict condition", || async {
+        link_condition(&west, condition::MIRRORED)
+            .await
+            .filter(|(status, message)| status == "False" && message.contains("api-east"))
+    })
+    .await;
+    assert!(message.contains("shop/api-east"), "{message}");
+    let still_theirs = mirror(&west, "api-east").await.unwrap();
+    assert_eq!(still_theirs.labels().get("owner").unwrap(), "someone");
+    assert_eq!(still_theirs.spec.unwrap().ports.unwrap()[0].port, 9999);
+
+    // A controller restart: the same mirror (same uid), no duplicates; an orphan of a cluster
+    // no Link names is collected.
+    let before = mirror(&west, "web-east").await.unwrap();
+    let _ = stop.send(());
+    task.await.unwrap();
+    let orphan: Service = serde_json::from_value(json!({
+        "metadata": {"name": "old-gone", "namespace": "shop",
+            "labels": {"mesh.io/mirrored-service": "true", "mesh.io/cluster-name": "gone"}},
+        "spec": {"ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &orphan)
+        .await
+        .unwrap();
+    let (_stop, _task) = start_controller(&west);
+    eventually("the orphan is collected", || async {
+        mirror(&west, "old-gone").await.is_none().then_some(())
+    })
+    .await;
+    let after = mirror(&west, "web-east").await.unwrap();
+    assert_eq!(
+        before.uid(),
+        after.uid(),
+        "the mirror was kept, not recreated"
+    );
+    let mirrors = services
+        .list(&kube::api::ListParams::default().labels("mesh.io/cluster-name=east"))
+        .await
+        .unwrap();
+    assert_eq!(mirrors.items.len(), 1, "one mirror of east: web-east");
+
+    // East's API goes away: the mirror stays, and the Link says why.
+    east_cluster.shutdown().await.unwrap();
+    let (_, message) = eventually("an unreachable condition", || async {
+        link_condition(&west, condition::REMOTE_REACHABLE)
+            .await
+            .filter(|(status, message)| status == "False" && message.contains("unreachable"))
+    })
+    .await;
+    assert!(message.contains("mirrors are kept"), "{message}");
+    assert!(mirror(&west, "web-east").await.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(mirror(&west, "web-east").await.is_some());
+}
