@@ -26,6 +26,8 @@
 //! second.
 
 mod answer;
+#[doc(hidden)]
+pub mod fuzz;
 mod metrics;
 pub mod names;
 mod server;

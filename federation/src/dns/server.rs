@@ -2,8 +2,8 @@
 //! task that rebuilds the [`Snapshot`] when the cache changes.
 //!
 //! hickory decodes messages (answering FORMERR, or dropping what has no header), truncates UDP
-//! answers that do not fit (setting TC, so clients retry over TCP) and closes idle TCP
-//! connections. The handler checks the opcode, the EDNS version and the question count, asks the
+//! answers beyond the client's EDNS size (setting TC, so clients retry over TCP) and closes idle
+//! TCP connections; answers to questions without EDNS are cut to 512 bytes here. The handler checks the opcode, the EDNS version and the question count, asks the
 //! current snapshot, and never sets RA: the server is not a resolver.
 
 use std::future::Future;
@@ -11,7 +11,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, OpCode, ResponseCode};
+use hickory_proto::op::message::{EmitAndCount, emit_message_parts};
+use hickory_proto::op::{Edns, Header, OpCode, Query, ResponseCode};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_proto::xfer::Protocol;
 use hickory_server::ServerFuture;
 use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -19,6 +22,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::answer::Answer;
 use super::metrics::DnsMetrics;
 use super::snapshot::{Authority, Snapshot};
 use super::{DnsConfig, DnsError};
@@ -33,7 +37,7 @@ const MIN_UDP_PAYLOAD: u16 = 512;
 
 /// After rebuilding the snapshot, changes are gathered this long before the next rebuild, so
 /// a burst of API events costs one rebuild and a busy cluster a bounded share of a core.
-const REBUILD_INTERVAL: Duration = Duration::from_millis(100);
+const REBUILD_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How many times to look for a port free for both UDP and TCP when asked for port 0.
 const BIND_ATTEMPTS: usize = 16;
@@ -48,6 +52,14 @@ pub struct DnsServer {
     udp: UdpSocket,
     tcp: TcpListener,
     local_addr: SocketAddr,
+}
+
+/// How many records of each section a response keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fit {
+    answers: usize,
+    authority: usize,
+    additionals: usize,
 }
 
 /// Answers each request from the latest snapshot.
@@ -269,15 +281,23 @@ impl RequestHandler for DnsHandler {
                 .await;
         };
         let snapshot = self.snapshots.borrow().clone();
-        let answer = snapshot.answer(info.query.original());
+        let query = info.query.original();
+        let answer = snapshot.answer(query);
         header.set_authoritative(answer.authoritative);
         header.set_response_code(answer.rcode);
+        let mut fits = Fit::ALL;
+        if request.protocol() == Protocol::Udp && request.edns().is_none() {
+            if let Some(fit) = Fit::within(MIN_UDP_PAYLOAD, &header, query, &answer) {
+                header.set_truncated(true);
+                fits = fit;
+            }
+        }
         let response = builder.build(
             header,
-            answer.answers.iter(),
-            answer.authority.iter(),
+            answer.answers.iter().take(fits.answers),
+            answer.authority.iter().take(fits.authority),
             std::iter::empty(),
-            answer.additionals.iter(),
+            answer.additionals.iter().take(fits.additionals),
         );
         match response_handle.send_response(response).await {
             Ok(info) => {
@@ -315,10 +335,98 @@ impl DnsHandler {
     }
 }
 
+// === impl Fit ===
+
+impl Fit {
+    const ALL: Self = Self {
+        answers: usize::MAX,
+        authority: usize::MAX,
+        additionals: usize::MAX,
+    };
+
+    /// The records that fit in `limit` bytes, when not all do. hickory-server allows a UDP
+    /// answer to a question without EDNS up to 4096 bytes, where RFC 1035 allows 512 (and such
+    /// clients read no more), so those answers are cut here, and marked truncated so that the
+    /// client asks again over TCP.
+    fn within(limit: u16, header: &Header, query: &Query, answer: &Answer) -> Option<Self> {
+        let question = query.to_bytes().ok()?;
+        let mut buffer = Vec::with_capacity(usize::from(limit));
+        let mut encoder = BinEncoder::new(&mut buffer);
+        encoder.set_max_size(limit);
+        let emitted = emit_message_parts(
+            header,
+            &mut Question(&question),
+            &mut answer.answers.iter(),
+            &mut answer.authority.iter(),
+            &mut answer.additionals.iter(),
+            None,
+            &[],
+            &mut encoder,
+        )
+        // A message that cannot be encoded at all is left to hickory, which answers SERVFAIL.
+        .ok()?;
+        emitted.truncated().then_some(Self {
+            answers: usize::from(emitted.answer_count()),
+            authority: usize::from(emitted.name_server_count()),
+            additionals: usize::from(emitted.additional_count()),
+        })
+    }
+}
+
+/// The question as hickory-server writes it: the request's bytes, which later names do not
+/// point into, so sizes measured with it are never below what hickory sends.
+struct Question<'a>(&'a [u8]);
+
+impl EmitAndCount for Question<'_> {
+    fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, hickory_proto::ProtoError> {
+        encoder.emit_vec(self.0)?;
+        Ok(1)
+    }
+}
+
 /// Logs a response that could not be sent; the request is lost, the server carries on.
 fn failed(request: &Request, error: &std::io::Error) -> ResponseInfo {
     tracing::debug!(src = %request.src(), %error, "sending a DNS response failed");
     let mut header = Header::response_from_request(request.header());
     header.set_response_code(ResponseCode::ServFail);
     header.into()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    use super::*;
+
+    fn answer(records: usize) -> (Query, Answer) {
+        let name = Name::from_ascii("big.prod.svc.west.mesh.local.").unwrap();
+        let query = Query::query(name.clone(), RecordType::A);
+        let mut answer = Answer::error(ResponseCode::NoError);
+        answer.answers = (0..records)
+            .map(|i| {
+                let address = std::net::Ipv4Addr::from(0x0a00_0000 + u32::try_from(i).unwrap());
+                Record::from_rdata(name.clone(), 5, RData::A(A(address)))
+            })
+            .collect();
+        (query, answer)
+    }
+
+    #[test]
+    fn answers_without_edns_are_cut_to_512_bytes() {
+        let header = Header::new();
+        let (query, small) = answer(10);
+        assert_eq!(Fit::within(512, &header, &query, &small), None);
+        let (query, big) = answer(150);
+        let fit = Fit::within(512, &header, &query, &big).unwrap();
+        assert!(fit.answers > 10 && fit.answers < 150, "{fit:?}");
+
+        // What is kept encodes within 512 bytes.
+        let mut message = hickory_proto::op::Message::new();
+        message.add_query(query);
+        message.add_answers(big.answers.into_iter().take(fit.answers));
+        assert!(message.to_vec().unwrap().len() <= 512);
+    }
 }
