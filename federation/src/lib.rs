@@ -29,8 +29,11 @@
 //!   identity is `spiffe://<own domain>/ns/<pod namespace>/sa/<service account or default>`.
 //! - **Opaque ports** are listed by the annotation [`mesh_api::labels::OPAQUE_PORTS`] on a Service
 //!   (ports and ranges, comma separated: `3306,5000-5100`).
+//!
+//! [`dns`] serves these objects as DNS names: per-cluster, per-pod, SRV and clusterset names.
 
 pub mod cache;
+pub mod dns;
 pub mod link;
 pub mod links;
 pub mod mirror;
