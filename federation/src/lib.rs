@@ -34,6 +34,7 @@
 
 pub mod cache;
 pub mod dns;
+pub mod identity;
 pub mod leader;
 pub mod link;
 pub mod links;
