@@ -8,13 +8,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use mesh_proxy::drain;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::{self, AdminState};
+use crate::admin;
 use crate::config::{GatewayConfig, Transport};
 use crate::egress;
 use crate::ingress::Ingress;
@@ -213,17 +212,12 @@ impl Gateway {
         let ingress = Arc::new(Ingress::new(&config, cut_rx.clone()));
         let (drain, watch) = drain::channel();
         // The admin server answers through the drain (`/ready` turns 503) and stops last.
-        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let ready = Arc::new(AtomicBool::new(true));
+        let (admin_drain, admin_watch) = drain::channel();
+        let ready = mesh_proxy::admin::Readiness::new();
+        ready.set_ready(true);
         let admin = admin.map(|listener| {
-            let state = AdminState {
-                metrics: config.metrics.clone(),
-                links: links.clone(),
-                ready: ready.clone(),
-            };
-            tokio::spawn(admin::serve(listener, state, async {
-                let _ = admin_stopped.await;
-            }))
+            let state = admin::state(config.metrics.clone(), links.clone(), ready.clone());
+            tokio::spawn(mesh_proxy::admin::serve(listener, state, admin_watch))
         });
         tokio::spawn(egress::serve(
             egress,
@@ -253,7 +247,7 @@ impl Gateway {
         };
 
         shutdown.await;
-        ready.store(false, Ordering::Relaxed);
+        ready.set_ready(false);
         tracing::info!(deadline = ?timeouts.drain, "gateway draining");
         if tokio::time::timeout(timeouts.drain, drain.drain())
             .await
@@ -267,9 +261,13 @@ impl Gateway {
             endpoint.close(quic::code::SHUTDOWN, b"gateway shutting down");
             endpoint.wait_idle().await;
         }
-        let _ = admin_stop.send(());
+        admin_drain.drain().await;
         if let Some(admin) = admin {
-            let _ = admin.await;
+            match admin.await {
+                Ok(Err(error)) => tracing::warn!(%error, "the admin server failed"),
+                Err(error) => tracing::warn!(%error, "the admin server task failed"),
+                Ok(Ok(())) => {}
+            }
         }
     }
 }

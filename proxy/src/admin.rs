@@ -12,6 +12,10 @@
 //!
 //! On drain, [`serve`] stops accepting, lets every in-flight request finish (hyper's graceful
 //! shutdown closes each connection after its current response), and returns once all are done.
+//!
+//! The same server runs in the gateway and the controller: [`AdminState::for_metrics`] takes any
+//! OpenMetrics encoder and no shutdown endpoint, and [`AdminState::with_page`] adds read-only
+//! text pages (the gateway's `/links`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -74,13 +78,31 @@ pub struct ShutdownTrigger(mpsc::Sender<()>);
 #[derive(Debug)]
 pub struct ShutdownRequests(mpsc::Receiver<()>);
 
+/// Produces a page's body at each request.
+pub type PageFn = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Everything the admin endpoints read or act on.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AdminState {
-    metrics: ProxyMetrics,
+    metrics: PageFn,
     readiness: Readiness,
-    shutdown: ShutdownTrigger,
+    shutdown: Option<ShutdownTrigger>,
+    pages: Vec<(&'static str, PageFn)>,
     config: AdminConfig,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("readiness", &self.readiness)
+            .field("shutdown", &self.shutdown.is_some())
+            .field(
+                "pages",
+                &self.pages.iter().map(|(path, _)| *path).collect::<Vec<_>>(),
+            )
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether `POST /shutdown` from `peer` is honoured: only from this host's loopback, including
@@ -217,11 +239,9 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, req: &Request<B>) -> Respons
     let method = req.method();
     let read_only = method == Method::GET || method == Method::HEAD;
     match req.uri().path() {
-        "/metrics" if read_only => reply(
-            StatusCode::OK,
-            OPENMETRICS_CONTENT_TYPE,
-            state.metrics.encode(),
-        ),
+        "/metrics" if read_only => {
+            reply(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, (state.metrics)())
+        }
         "/live" if read_only => text(StatusCode::OK, "live\n"),
         "/ready" if read_only => {
             if state.readiness.is_ready() {
@@ -231,12 +251,17 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, req: &Request<B>) -> Respons
             }
         }
         "/metrics" | "/live" | "/ready" => not_allowed("GET, HEAD"),
-        "/shutdown" if method == Method::POST => shutdown(state, peer),
-        "/shutdown" => not_allowed("POST"),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: the admin server serves /metrics, /live, /ready and POST /shutdown\n",
-        ),
+        "/shutdown" if state.shutdown.is_some() && method == Method::POST => shutdown(state, peer),
+        "/shutdown" if state.shutdown.is_some() => not_allowed("POST"),
+        path => match state.pages.iter().find(|(page, _)| *page == path) {
+            Some((_, page)) if read_only => reply(StatusCode::OK, TEXT_CONTENT_TYPE, page()),
+            Some(_) => not_allowed("GET, HEAD"),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                TEXT_CONTENT_TYPE,
+                format!("not found: the admin server serves {}\n", state.served()),
+            ),
+        },
     }
 }
 
@@ -253,7 +278,11 @@ fn shutdown(state: &AdminState, peer: SocketAddr) -> Response<Full<Bytes>> {
             ),
         );
     }
-    if state.shutdown.trigger() {
+    if state
+        .shutdown
+        .as_ref()
+        .is_some_and(ShutdownTrigger::trigger)
+    {
         tracing::info!(%peer, "admin: shutdown requested");
         text(StatusCode::ACCEPTED, "shutting down\n")
     } else {
@@ -296,13 +325,47 @@ fn reply(
 // === impl AdminState ===
 
 impl AdminState {
+    /// The proxy's admin server: its metrics, readiness and `POST /shutdown`.
     pub fn new(metrics: ProxyMetrics, readiness: Readiness, shutdown: ShutdownTrigger) -> Self {
+        let mut state = Self::for_metrics(move || metrics.encode(), readiness);
+        state.shutdown = Some(shutdown);
+        state
+    }
+
+    /// An admin server for any process: `/metrics` from `encode`, `/live`, `/ready` from
+    /// `readiness`, and no shutdown endpoint.
+    pub fn for_metrics(
+        encode: impl Fn() -> String + Send + Sync + 'static,
+        readiness: Readiness,
+    ) -> Self {
         Self {
-            metrics,
+            metrics: Arc::new(encode),
             readiness,
-            shutdown,
+            shutdown: None,
+            pages: Vec::new(),
             config: AdminConfig::default(),
         }
+    }
+
+    /// Adds a read-only text page at `path` (GET and HEAD).
+    pub fn with_page(
+        mut self,
+        path: &'static str,
+        page: impl Fn() -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.pages.push((path, Arc::new(page)));
+        self
+    }
+
+    /// The paths served, for a 404's hint.
+    fn served(&self) -> String {
+        let mut paths = vec!["/metrics", "/live", "/ready"];
+        paths.extend(self.pages.iter().map(|(path, _)| *path));
+        let mut served = paths.join(", ");
+        if self.shutdown.is_some() {
+            served.push_str(" and POST /shutdown");
+        }
+        served
     }
 
     pub fn with_config(mut self, config: AdminConfig) -> Self {
