@@ -33,6 +33,7 @@
 //! [`dns`] serves these objects as DNS names: per-cluster, per-pod, SRV and clusterset names.
 
 pub mod cache;
+pub mod controller;
 pub mod dns;
 pub mod identity;
 pub mod leader;

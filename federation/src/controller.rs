@@ -1,0 +1,343 @@
+//! The whole controller as one future: [`run`] binds every port, then serves until shutdown.
+//!
+//! Every replica serves the read side, from one [`Cache`] of the local cluster:
+//! - the identity service (gRPC over TLS, [`ControllerConfig::identity_addr`]) signing workload
+//!   certificates for service-account tokens a `TokenReview` proves;
+//! - DNS ([`ControllerConfig::dns`]);
+//! - the admin server (`/metrics`, `/live`, `/ready`: ready once the cache is complete).
+//!
+//! One replica at a time, the leader of the [`leader`] election, runs the write side: the Link
+//! reconciler and its mirrors, and the publication of this cluster's trust bundle. When a
+//! replica loses the lead its writers stop; when one gains it they start from the API's state,
+//! so nothing is carried over in memory.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use mesh_trust::ca::CertificateAuthority;
+use mesh_trust::identity::IdentityService;
+use mesh_trust::rotation::{LocalIssuer, RotationOptions, Rotator};
+use mesh_trust::{SpiffeId, TrustBundleSet, TrustDomain};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cache::Cache;
+use crate::dns::{DnsConfig, DnsError, DnsMetrics, DnsServer};
+use crate::identity::TokenReviewValidator;
+use crate::leader::{self, LeaderConfig};
+use crate::links::{Links, LinksConfig};
+use crate::mirror::{MirrorSettings, MirrorWriter};
+use crate::probe::GatewayHealthSource;
+
+/// The service account the controller runs as, and so its own identity.
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "mesh-controller";
+
+/// Everything the controller needs.
+pub struct ControllerConfig {
+    /// This cluster's name.
+    pub cluster: String,
+    /// This cluster's trust domain.
+    pub trust_domain: TrustDomain,
+    /// The mesh namespace: Links, the Lease, the trust bundle ConfigMaps.
+    pub namespace: String,
+    /// A client of the local cluster's API.
+    pub client: Client,
+    /// The issuer that signs workload certificates (and the controller's own).
+    pub issuer: Arc<CertificateAuthority>,
+    /// This domain's roots.
+    pub roots: TrustBundleSet,
+    /// How long workload certificates live.
+    pub leaf_lifetime: Duration,
+    /// Audiences service-account tokens must be bound to (empty: the API server's default).
+    pub token_audiences: Vec<String>,
+    /// The identity service's address.
+    pub identity_addr: SocketAddr,
+    /// The admin server's address.
+    pub admin_addr: SocketAddr,
+    /// DNS.
+    pub dns: DnsConfig,
+    /// How mirrors are made.
+    pub mirrors: MirrorSettings,
+    /// Where gateway health comes from (none: every gateway counts as alive).
+    pub probes: Option<Arc<dyn GatewayHealthSource>>,
+    /// The leader election.
+    pub leader: LeaderConfig,
+}
+
+impl std::fmt::Debug for ControllerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerConfig")
+            .field("cluster", &self.cluster)
+            .field("trust_domain", &self.trust_domain)
+            .field("namespace", &self.namespace)
+            .field("identity_addr", &self.identity_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("dns", &self.dns)
+            .field("mirrors", &self.mirrors)
+            .field("leader", &self.leader)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControllerError {
+    /// A port could not be bound.
+    #[error("cannot bind the {what} port {addr}: {source}")]
+    Bind {
+        /// Which port.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The controller's own certificate could not be issued.
+    #[error("cannot issue the controller's own certificate: {0}")]
+    Identity(String),
+    /// DNS could not start.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+}
+
+/// The controller's ports, once bound.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    /// The identity service.
+    pub identity: SocketAddr,
+    /// DNS (UDP and TCP).
+    pub dns: SocketAddr,
+    /// The admin server.
+    pub admin: SocketAddr,
+}
+
+/// Binds every port, reports them on `bound`, and serves until `shutdown` resolves.
+///
+/// # Errors
+///
+/// When a port cannot be bound or the controller's own certificate cannot be issued; once
+/// serving, it returns `Ok` at shutdown.
+pub async fn run(
+    config: ControllerConfig,
+    bound: Option<tokio::sync::oneshot::Sender<Bound>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    let ControllerConfig {
+        cluster,
+        trust_domain,
+        namespace,
+        client,
+        issuer,
+        roots: _,
+        leaf_lifetime,
+        token_audiences,
+        identity_addr,
+        admin_addr,
+        dns,
+        mirrors,
+        probes,
+        leader: leader_config,
+    } = config;
+
+    // The controller's own leaf, from its own issuer, renewed before it expires.
+    let own = trust_domain
+        .workload(&namespace, CONTROLLER_SERVICE_ACCOUNT)
+        .map_err(|e| ControllerError::Identity(e.to_string()))?;
+    let (own_certs, rotator) = Rotator::start(
+        own.clone(),
+        LocalIssuer::new(issuer.clone(), leaf_lifetime),
+        RotationOptions::default(),
+    )
+    .await
+    .map_err(|e| ControllerError::Identity(e.to_string()))?;
+
+    let mut registry = Registry::with_prefix("mesh_controller");
+    let dns_metrics = DnsMetrics::default();
+    dns_metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+
+    let cache = Cache::start(&client);
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ControllerError::Bind { what, addr, source })
+    };
+    let identity_listener = bind("identity", identity_addr).await?;
+    let admin_listener = bind("admin", admin_addr).await?;
+    let dns_server = DnsServer::bind(dns, cache.clone(), dns_metrics).await?;
+    let ports = Bound {
+        identity: local(&identity_listener, identity_addr),
+        dns: dns_server.local_addr(),
+        admin: local(&admin_listener, admin_addr),
+    };
+    if let Some(bound) = bound {
+        let _ = bound.send(ports);
+    }
+    tracing::info!(%cluster, %trust_domain, identity = %ports.identity, dns = %ports.dns, admin = %ports.admin, "controller serving");
+
+    let (stop_tx, stop) = watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = JoinSet::new();
+
+    // Identity: TLS with the controller's own leaf, no client certificate (workloads have none
+    // yet), tokens checked with TokenReview.
+    let identity_tls = identity_tls(own_certs)?;
+    let service = IdentityService::new(
+        issuer,
+        TokenReviewValidator::new(client.clone(), token_audiences),
+        leaf_lifetime,
+    );
+    tasks.spawn({
+        let stopped = stopped();
+        async move {
+            if let Err(error) =
+                mesh_trust::identity::serve(identity_listener, identity_tls, service, stopped).await
+            {
+                tracing::error!(%error, "the identity service failed");
+            }
+        }
+    });
+    tasks.spawn(rotator.run(stopped()));
+    tasks.spawn({
+        let stopped = stopped();
+        async move {
+            if let Err(error) = dns_server.run(stopped).await {
+                tracing::error!(%error, "DNS failed");
+            }
+        }
+    });
+
+    // Admin: ready once every kind has been listed.
+    let readiness = mesh_proxy::admin::Readiness::new();
+    let admin_state = {
+        let registry = registry.clone();
+        mesh_proxy::admin::AdminState::for_metrics(
+            move || {
+                let mut text = String::new();
+                if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+                    text.clear();
+                }
+                text
+            },
+            readiness.clone(),
+        )
+    };
+    let (admin_drain, admin_watch) = mesh_proxy::drain::channel();
+    tasks.spawn(async move {
+        if let Err(error) = mesh_proxy::admin::serve(admin_listener, admin_state, admin_watch).await
+        {
+            tracing::error!(%error, "the admin server failed");
+        }
+    });
+    tasks.spawn({
+        let cache = cache.clone();
+        async move {
+            cache.wait_ready().await;
+            readiness.set_ready(true);
+        }
+    });
+
+    // The election, and the writers while this replica leads.
+    let (leading_tx, leading) = watch::channel(false);
+    tasks.spawn(leader::run(
+        client.clone(),
+        leader_config,
+        leading_tx,
+        stopped(),
+    ));
+    let writer = MirrorWriter::new(client.clone(), mirrors);
+    let links_config = LinksConfig {
+        namespace: namespace.clone(),
+        cluster: cluster.clone(),
+        trust_domain: trust_domain.clone(),
+    };
+    tasks.spawn(lead(
+        leading,
+        client.clone(),
+        cache.clone(),
+        links_config,
+        writer,
+        probes,
+        own,
+    ));
+
+    shutdown.await;
+    tracing::info!("controller shutting down");
+    let _ = stop_tx.send(true);
+    admin_drain.drain().await;
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => if joined.is_none() { break },
+            () = &mut deadline => {
+                tracing::warn!("tasks still running at the shutdown deadline; stopping them");
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn local(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(fallback)
+}
+
+/// The identity service's TLS: the controller's own leaf, TLS 1.3, no client certificates (the
+/// workloads asking have none yet), no session tickets.
+fn identity_tls(
+    certs: Arc<mesh_trust::tls::CertResolver>,
+) -> Result<rustls::ServerConfig, ControllerError> {
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(mesh_trust::tls::provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ControllerError::Identity(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(certs);
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// Runs the writers while `leading` is true; stops them when it turns false, and starts them
+/// again when it turns true again.
+async fn lead(
+    mut leading: watch::Receiver<bool>,
+    client: Client,
+    cache: Cache,
+    config: LinksConfig,
+    writer: MirrorWriter,
+    probes: Option<Arc<dyn GatewayHealthSource>>,
+    own: SpiffeId,
+) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        tracing::info!(identity = %own, "leading: starting the link reconciler");
+        let links = Links::new(
+            client.clone(),
+            cache.clone(),
+            config.clone(),
+            writer.clone(),
+            probes.clone(),
+        );
+        let mut lost = leading.clone();
+        let stop = async move {
+            let _ = lost.wait_for(|l| !*l).await;
+        };
+        links.run(stop).await;
+        tracing::info!("no longer leading: the link reconciler stopped");
+    }
+}
