@@ -29,8 +29,11 @@
 //!   identity is `spiffe://<own domain>/ns/<pod namespace>/sa/<service account or default>`.
 //! - **Opaque ports** are listed by the annotation [`mesh_api::labels::OPAQUE_PORTS`] on a Service
 //!   (ports and ranges, comma separated: `3306,5000-5100`).
+//!
+//! [`discovery`] serves the `Destination` gRPC service to proxies and gateways from these objects.
 
 pub mod cache;
+pub mod discovery;
 
 /// The `endpointslice.kubernetes.io/managed-by` value of the EndpointSlices of mirrors.
 pub const MIRROR_SLICE_MANAGER: &str = "mesh-controller.multicluster.mesh.io";
