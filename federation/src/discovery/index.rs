@@ -8,6 +8,11 @@
 //! here: which slice ports exist, which endpoints are meshed and with what identity, how a
 //! mirror is reached through the gateway, a split's priorities, a Service's opaque ports.
 //!
+//! A Service whose entry is the same as in the previous index keeps the previous entry's `Arc`
+//! ([`Index::reuse_unchanged`]), so a stream can tell in one pointer comparison that its answer
+//! cannot have changed, and a change to one Service wakes every stream but costs work only to
+//! the streams of that Service.
+//!
 //! Objects the index cannot use as written (an opaque-ports item that is not a port, a mirror
 //! without a Link, a split listing its primary twice) are skipped in part or whole and reported
 //! as [`Problem`]s, which the caller logs when they change.
@@ -27,6 +32,7 @@ use mesh_api::labels::{
     CLUSTER_NAME, MIRRORED_SERVICE, OPAQUE_PORTS, PROXY_CONTAINER, REMOTE_SVC_FQ_NAME, TRUE,
 };
 use mesh_trust::TrustDomain;
+use mesh_trust::spiffe::SpiffeIdError;
 
 use super::config::Settings;
 use super::opaque::OpaquePorts;
@@ -83,7 +89,7 @@ pub struct Index {
     /// Whether the cache had listed every kind when this was built; streams wait for it.
     pub(super) ready: bool,
     pub(super) settings: Arc<Settings>,
-    pub(super) services: Vec<ServiceEntry>,
+    pub(super) services: Vec<Arc<ServiceEntry>>,
     /// Namespace -> name -> position in `services`.
     by_name: HashMap<String, HashMap<String, usize>>,
     /// Cluster IP and Service port -> position in `services`.
@@ -94,8 +100,8 @@ pub struct Index {
     links: HashMap<String, TrustDomain>,
 }
 
-/// One Service.
-#[derive(Debug)]
+/// One Service: everything its answers depend on.
+#[derive(Debug, PartialEq)]
 pub(super) struct ServiceEntry {
     pub(super) name: String,
     pub(super) namespace: String,
@@ -103,7 +109,7 @@ pub(super) struct ServiceEntry {
     pub(super) ports: Vec<ServicePort>,
     pub(super) opaque: OpaquePorts,
     /// The cluster its endpoints run in: this one, or the mirrored Service's.
-    pub(super) cluster: String,
+    pub(super) cluster: Arc<str>,
     pub(super) mirror: bool,
     /// How to reach a mirror's endpoints; `None` for local Services.
     pub(super) tunnel: Option<TunnelBase>,
@@ -114,29 +120,31 @@ pub(super) struct ServiceEntry {
 }
 
 /// A TCP port of a Service.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(super) struct ServicePort {
     pub(super) port: u16,
     /// Empty for an unnamed port.
     pub(super) name: String,
 }
 
-/// One endpoint of a slice.
-#[derive(Debug)]
+/// One endpoint of a slice. Strings repeated across endpoints (zones, identities) are shared;
+/// the labels are ready to clone into an answer, which every stream of the Service does.
+#[derive(Debug, PartialEq)]
 pub(super) struct EndpointEntry {
     pub(super) ip: IpAddr,
     /// The TCP ports of its slice.
     pub(super) ports: Arc<[SlicePort]>,
     pub(super) ready: bool,
-    pub(super) zone: String,
+    pub(super) zone: Arc<str>,
     pub(super) hostname: String,
     /// Empty when the pod runs no proxy.
-    pub(super) identity: String,
+    pub(super) identity: Arc<str>,
+    /// The pod's labels; empty when the endpoint names no pod.
     pub(super) labels: HashMap<String, String>,
 }
 
 /// A TCP port of a slice.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(super) struct SlicePort {
     /// Empty for an unnamed port; matches the Service port of the same name.
     pub(super) name: String,
@@ -144,7 +152,7 @@ pub(super) struct SlicePort {
 }
 
 /// The tunnel metadata shared by a mirror's endpoints; the port is added per request.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(super) struct TunnelBase {
     /// The remote Service's fully qualified name.
     pub(super) remote_name: String,
@@ -220,6 +228,8 @@ impl Index {
             list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
 
+        let mut shared = Shared::new(objects.pod, &index.settings.cluster);
+        let mut entries = Vec::with_capacity(objects.services.len());
         for service in objects.services {
             let Some(namespace) = service.metadata.namespace.as_deref() else {
                 continue;
@@ -229,14 +239,30 @@ impl Index {
                 .get(&(namespace, name.as_str()))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            if let Some(entry) = index.service_entry(service, own, objects.pod, &mut problems) {
-                index.insert(entry, service);
+            if let Some(entry) = index.service_entry(service, own, &mut shared, &mut problems) {
+                index.insert(entries.len(), &entry, service);
+                entries.push(entry);
             }
         }
 
-        index.index_endpoints();
-        index.attach_splits(objects.splits, &mut problems);
+        index.by_endpoint = index_endpoints(&entries);
+        index.attach_splits(&mut entries, objects.splits, &mut problems);
+        index.services = entries.into_iter().map(Arc::new).collect();
         (index, problems)
+    }
+
+    /// Takes over the entries of `previous` for the Services whose entry is unchanged, so that
+    /// streams of those Services see the same `Arc` and know their answer stands.
+    pub fn reuse_unchanged(&mut self, previous: &Index) {
+        for entry in &mut self.services {
+            let Some(position) = previous.lookup(&entry.namespace, &entry.name) else {
+                continue;
+            };
+            let old = &previous.services[position];
+            if old == entry {
+                *entry = old.clone();
+            }
+        }
     }
 
     /// Whether the cache had listed every kind when this index was built.
@@ -264,7 +290,7 @@ impl Index {
         &self,
         service: &Service,
         slices: &[&EndpointSlice],
-        pod: &(dyn Fn(&str, &str) -> Option<Arc<Pod>> + Sync),
+        shared: &mut Shared<'_>,
         problems: &mut Vec<Problem>,
     ) -> Option<ServiceEntry> {
         let spec = service.spec.as_ref()?;
@@ -275,7 +301,7 @@ impl Index {
         }
         let name = service.name_any();
         let namespace = service.namespace().unwrap_or_default();
-        let object = format!("Service {namespace}/{name}");
+        let object = || format!("Service {namespace}/{name}");
         let ports = spec
             .ports
             .iter()
@@ -294,7 +320,7 @@ impl Index {
             Some(value) => {
                 let (opaque, invalid) = OpaquePorts::parse(value);
                 problems.extend(invalid.into_iter().map(|e| Problem {
-                    object: object.clone(),
+                    object: object(),
                     message: format!("{OPAQUE_PORTS}: {e}"),
                 }));
                 opaque
@@ -316,17 +342,17 @@ impl Index {
                 .cloned()
                 .unwrap_or_default();
             match self.tunnel(&cluster, remote_name) {
-                Ok(tunnel) => (cluster, Some(tunnel)),
+                Ok(tunnel) => (Arc::from(cluster), Some(tunnel)),
                 Err(message) => {
                     problems.push(Problem {
-                        object,
+                        object: object(),
                         message: format!("{message}; the mirror's endpoints are not served"),
                     });
-                    (cluster, None)
+                    (Arc::from(cluster), None)
                 }
             }
         } else {
-            (self.settings.cluster.clone(), None)
+            (shared.cluster.clone(), None)
         };
 
         // A mirror that cannot be reached has no endpoints rather than endpoints that would
@@ -334,7 +360,7 @@ impl Index {
         let endpoints = if mirror && tunnel.is_none() {
             Vec::new()
         } else {
-            self.endpoints(slices, !mirror, pod, problems)
+            self.endpoints(slices, !mirror, shared, problems)
         };
 
         Some(ServiceEntry {
@@ -378,7 +404,7 @@ impl Index {
         &self,
         slices: &[&EndpointSlice],
         local: bool,
-        pod: &(dyn Fn(&str, &str) -> Option<Arc<Pod>> + Sync),
+        shared: &mut Shared<'_>,
         problems: &mut Vec<Problem>,
     ) -> Vec<EndpointEntry> {
         let mut entries = Vec::new();
@@ -435,9 +461,9 @@ impl Index {
                         .as_ref()
                         .and_then(|c| c.ready)
                         .unwrap_or(true),
-                    zone: endpoint.zone.clone().unwrap_or_default(),
+                    zone: shared.zone(endpoint.zone.as_deref().unwrap_or_default()),
                     hostname: endpoint.hostname.clone().unwrap_or_default(),
-                    identity: String::new(),
+                    identity: shared.empty.clone(),
                     labels: HashMap::new(),
                 };
                 let target = endpoint
@@ -450,7 +476,7 @@ impl Index {
                     // An endpoint whose pod is not (or no longer) known is left out until the
                     // pod's watch catches up: guessing "no proxy" could send plain text to a
                     // meshed pod.
-                    let Some(pod) = pod(pod_namespace, pod_name) else {
+                    let Some(pod) = (shared.pod)(pod_namespace, pod_name) else {
                         continue;
                     };
                     if target.uid.is_some() && target.uid != pod.metadata.uid {
@@ -458,8 +484,8 @@ impl Index {
                     }
                     if runs_proxy(&pod) {
                         let account = service_account(&pod);
-                        match self.settings.trust_domain.workload(pod_namespace, account) {
-                            Ok(identity) => entry.identity = identity.as_str().to_owned(),
+                        match shared.identity(&self.settings.trust_domain, pod_namespace, account) {
+                            Ok(identity) => entry.identity = identity,
                             Err(error) => {
                                 problems.push(Problem {
                                     object: format!("Pod {pod_namespace}/{pod_name}"),
@@ -488,9 +514,8 @@ impl Index {
         entries
     }
 
-    /// Adds a Service and its cluster IPs.
-    fn insert(&mut self, entry: ServiceEntry, service: &Service) {
-        let position = self.services.len();
+    /// Indexes the Service at `position` by name and by cluster IP.
+    fn insert(&mut self, position: usize, entry: &ServiceEntry, service: &Service) {
         if let Some(spec) = &service.spec {
             let ips = spec
                 .cluster_ips
@@ -509,48 +534,16 @@ impl Index {
             .entry(entry.namespace.clone())
             .or_default()
             .insert(entry.name.clone(), position);
-        self.services.push(entry);
-    }
-
-    /// Indexes every endpoint address under the Service port it serves. An address that serves
-    /// several Services goes to a local one before a mirror, then to the first by namespace,
-    /// name and port, so that the answer does not depend on the order of the stores.
-    fn index_endpoints(&mut self) {
-        let rank = |services: &[ServiceEntry], (position, port): (usize, u16)| {
-            let s = &services[position];
-            (s.mirror, s.namespace.clone(), s.name.clone(), port)
-        };
-        let mut by_endpoint: HashMap<SocketAddr, (usize, u16)> = HashMap::new();
-        for (position, service) in self.services.iter().enumerate() {
-            for port in &service.ports {
-                for endpoint in &service.endpoints {
-                    let Some(slice_port) = endpoint.ports.iter().find(|p| p.name == port.name)
-                    else {
-                        continue;
-                    };
-                    let addr = SocketAddr::new(endpoint.ip, slice_port.port);
-                    match by_endpoint.entry(addr) {
-                        Entry::Vacant(vacant) => {
-                            vacant.insert((position, port.port));
-                        }
-                        Entry::Occupied(mut occupied) => {
-                            let candidate = (position, port.port);
-                            if rank(&self.services, candidate)
-                                < rank(&self.services, *occupied.get())
-                            {
-                                occupied.insert(candidate);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        self.by_endpoint = by_endpoint;
     }
 
     /// Gives each root Service the backends of its TrafficSplit (the first by name when several
     /// name the same root).
-    fn attach_splits(&mut self, splits: &[Arc<TrafficSplit>], problems: &mut Vec<Problem>) {
+    fn attach_splits(
+        &self,
+        entries: &mut [ServiceEntry],
+        splits: &[Arc<TrafficSplit>],
+        problems: &mut Vec<Problem>,
+    ) {
         let mut sorted: Vec<&TrafficSplit> = splits.iter().map(AsRef::as_ref).collect();
         sorted.sort_by(|a, b| {
             (&a.metadata.namespace, &a.metadata.name)
@@ -586,9 +579,94 @@ impl Index {
                 object: object.clone(),
                 message,
             }));
-            self.services[root].split = backends;
+            entries[root].split = backends;
             claimed.insert(root, name);
         }
+    }
+}
+
+/// Every endpoint address, under the Service port it serves. An address that serves several
+/// Services goes to a local one before a mirror, then to the first by namespace, name and port,
+/// so that the answer does not depend on the order of the stores.
+fn index_endpoints(entries: &[ServiceEntry]) -> HashMap<SocketAddr, (usize, u16)> {
+    fn rank(entries: &[ServiceEntry], (position, port): (usize, u16)) -> (bool, &str, &str, u16) {
+        let s = &entries[position];
+        (s.mirror, &s.namespace, &s.name, port)
+    }
+    let mut by_endpoint: HashMap<SocketAddr, (usize, u16)> = HashMap::new();
+    for (position, service) in entries.iter().enumerate() {
+        for port in &service.ports {
+            for endpoint in &service.endpoints {
+                let Some(slice_port) = endpoint.ports.iter().find(|p| p.name == port.name) else {
+                    continue;
+                };
+                let candidate = (position, port.port);
+                match by_endpoint.entry(SocketAddr::new(endpoint.ip, slice_port.port)) {
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(candidate);
+                    }
+                    Entry::Occupied(mut occupied) => {
+                        if rank(entries, candidate) < rank(entries, *occupied.get()) {
+                            occupied.insert(candidate);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    by_endpoint
+}
+
+/// What the entries of one build share: the pod lookup, and strings that repeat across
+/// endpoints (zones, identities), each allocated once.
+struct Shared<'a> {
+    pod: &'a (dyn Fn(&str, &str) -> Option<Arc<Pod>> + Sync),
+    cluster: Arc<str>,
+    empty: Arc<str>,
+    zones: HashMap<String, Arc<str>>,
+    /// Namespace -> service account -> SPIFFE ID.
+    identities: HashMap<String, HashMap<String, Arc<str>>>,
+}
+
+impl<'a> Shared<'a> {
+    fn new(pod: &'a (dyn Fn(&str, &str) -> Option<Arc<Pod>> + Sync), cluster: &str) -> Self {
+        Self {
+            pod,
+            cluster: Arc::from(cluster),
+            empty: Arc::from(""),
+            zones: HashMap::new(),
+            identities: HashMap::new(),
+        }
+    }
+
+    fn zone(&mut self, zone: &str) -> Arc<str> {
+        if zone.is_empty() {
+            return self.empty.clone();
+        }
+        if let Some(shared) = self.zones.get(zone) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(zone);
+        self.zones.insert(zone.to_owned(), shared.clone());
+        shared
+    }
+
+    /// The identity of a service account, `spiffe://<domain>/ns/<namespace>/sa/<account>`.
+    fn identity(
+        &mut self,
+        domain: &TrustDomain,
+        namespace: &str,
+        account: &str,
+    ) -> Result<Arc<str>, SpiffeIdError> {
+        if let Some(id) = self.identities.get(namespace).and_then(|a| a.get(account)) {
+            return Ok(id.clone());
+        }
+        let id: Arc<str> = Arc::from(domain.workload(namespace, account)?.as_str());
+        self.identities
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(account.to_owned(), id.clone());
+        Ok(id)
     }
 }
 

@@ -14,6 +14,7 @@
 //! stream compares it with the last one sent and stays quiet when nothing it shows changed.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use mesh_api::common::ProtocolHint;
 use mesh_api::discovery::{Endpoint, SplitBackend, TunnelTarget, Update};
@@ -25,37 +26,86 @@ use super::target::{Target, proto_addr, service_authority};
 /// has no per-endpoint weight to carry.
 pub const ENDPOINT_WEIGHT: u32 = 1;
 
+/// What an answer is built from: a Service's entry, its port, and the one endpoint asked for
+/// when the target was an endpoint's address; or nothing known. Answers built from the same
+/// entry (the same `Arc`), port and endpoint are equal, which lets a stream skip rebuilding its
+/// answer when its Service did not change.
+#[derive(Clone, Debug)]
+pub(super) enum Basis {
+    NotFound,
+    Service {
+        entry: Arc<ServiceEntry>,
+        port: u16,
+        only: Option<SocketAddr>,
+    },
+}
+
+impl Basis {
+    /// Whether answers built from `self` and `other` are certainly equal.
+    pub(super) fn same_as(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::NotFound, Self::NotFound) => true,
+            (
+                Self::Service { entry, port, only },
+                Self::Service {
+                    entry: other_entry,
+                    port: other_port,
+                    only: other_only,
+                },
+            ) => Arc::ptr_eq(entry, other_entry) && port == other_port && only == other_only,
+            _ => false,
+        }
+    }
+}
+
 // === impl Index ===
 
 impl Index {
     /// The whole answer for `target`.
     pub fn resolve(&self, target: &Target) -> Update {
+        self.answer(&self.basis(target))
+    }
+
+    /// What the answer for `target` is built from.
+    pub(super) fn basis(&self, target: &Target) -> Basis {
+        let service = |position: usize, port: u16, only: Option<SocketAddr>| {
+            let entry = &self.services[position];
+            match entry.port(port) {
+                Some(_) => Basis::Service {
+                    entry: entry.clone(),
+                    port,
+                    only,
+                },
+                None => Basis::NotFound,
+            }
+        };
         match target {
             Target::Service(authority) => self
                 .lookup(&authority.namespace, &authority.name)
-                .map(|position| &self.services[position])
-                .and_then(|service| Some((service, service.port(authority.port)?)))
-                .map_or_else(not_found, |(service, port)| {
-                    self.service_update(service, port, None)
+                .map_or(Basis::NotFound, |position| {
+                    service(position, authority.port, None)
                 }),
-            Target::Unknown { .. } => not_found(),
+            Target::Unknown { .. } => Basis::NotFound,
             Target::Addr(addr) => {
                 if let Some(&position) = self.by_cluster_ip.get(addr) {
-                    let service = &self.services[position];
-                    if let Some(port) = service.port(addr.port()) {
-                        return self.service_update(service, port, None);
-                    }
+                    return service(position, addr.port(), None);
                 }
                 match self.by_endpoint.get(addr) {
-                    Some(&(position, port)) => {
-                        let service = &self.services[position];
-                        service.port(port).map_or_else(not_found, |port| {
-                            self.service_update(service, port, Some(*addr))
-                        })
-                    }
-                    None => not_found(),
+                    Some(&(position, port)) => service(position, port, Some(*addr)),
+                    None => Basis::NotFound,
                 }
             }
+        }
+    }
+
+    /// The answer built from `basis`.
+    pub(super) fn answer(&self, basis: &Basis) -> Update {
+        match basis {
+            Basis::Service { entry, port, only } => match entry.port(*port) {
+                Some(port) => self.service_update(entry, port, *only),
+                None => not_found(),
+            },
+            Basis::NotFound => not_found(),
         }
     }
 
@@ -86,14 +136,14 @@ impl Index {
             .into_iter()
             .map(|(addr, endpoint)| Endpoint {
                 addr: Some(proto_addr(addr)),
-                identity: endpoint.identity.clone(),
-                cluster: service.cluster.clone(),
-                zone: endpoint.zone.clone(),
+                identity: endpoint.identity.to_string(),
+                cluster: service.cluster.to_string(),
+                zone: endpoint.zone.to_string(),
                 weight: ENDPOINT_WEIGHT,
                 ready: endpoint.ready,
                 labels: endpoint.labels.clone(),
                 tunnel: service.tunnel.as_ref().map(|tunnel| TunnelTarget {
-                    cluster: service.cluster.clone(),
+                    cluster: service.cluster.to_string(),
                     authority: format!("{}:{}", tunnel.remote_name, port.port),
                     gateway: Some(proto_addr(tunnel.gateway)),
                     gateway_identity: tunnel.gateway_identity.clone(),

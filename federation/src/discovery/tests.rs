@@ -488,3 +488,48 @@ fn the_answer_does_not_depend_on_store_order() {
         reversed.build().0.resolve(&target)
     );
 }
+
+#[test]
+fn unchanged_services_keep_their_entry_across_builds() {
+    let mut world = web();
+    world.service(
+        "api",
+        "10.96.0.11",
+        json!([{"name": "http", "port": 80}]),
+        json!({}),
+    );
+    let (first, _) = world.build();
+    let web_target = authority("web.default:80");
+    let api_target = authority("api.default:80");
+
+    // Rebuilt from the same objects: every entry is carried over.
+    let (mut second, _) = world.build();
+    second.reuse_unchanged(&first);
+    assert!(first.basis(&web_target).same_as(&second.basis(&web_target)));
+    assert!(first.basis(&api_target).same_as(&second.basis(&api_target)));
+
+    // A pod of web gets a new label: web's entry is new, api's is carried over.
+    let mut relabelled = (*world.pods[&("default".to_owned(), "plain".to_owned())]).clone();
+    relabelled
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("version".into(), "v2".into());
+    world
+        .pods
+        .insert(("default".into(), "plain".into()), Arc::new(relabelled));
+    let (mut third, _) = world.build();
+    third.reuse_unchanged(&second);
+    assert!(!second.basis(&web_target).same_as(&third.basis(&web_target)));
+    assert!(second.basis(&api_target).same_as(&third.basis(&api_target)));
+    let update = third.resolve(&web_target);
+    assert_eq!(endpoint(&update, "10.1.0.3:8080").labels["version"], "v2");
+
+    // Unknown targets are always the same nothing; a port the Service lacks is nothing too.
+    let missing = authority("web.default:81");
+    assert!(
+        second
+            .basis(&missing)
+            .same_as(&third.basis(&authority("nope.default:80")))
+    );
+}
