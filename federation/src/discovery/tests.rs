@@ -137,6 +137,14 @@ fn addrs(update: &Update) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The proxy's own decoder keeps every entry of `update`.
+fn assert_accepted_by_the_proxy(update: &Update) {
+    let (decoded, rejections) = mesh_proxy::discovery::Destination::from_update(update.clone());
+    assert!(rejections.is_empty(), "{rejections:?}");
+    assert_eq!(decoded.endpoints.len(), update.endpoints.len());
+    assert_eq!(decoded.split.len(), update.split_backends.len());
+}
+
 fn endpoint<'a>(update: &'a Update, at: &str) -> &'a Endpoint {
     let at = proto_addr(at.parse().unwrap());
     update
@@ -230,6 +238,7 @@ fn a_local_service_lists_its_endpoints_with_identities() {
 
     assert_eq!(update.protocol_hint, ProtocolHint::Unknown as i32);
     assert!(update.split_backends.is_empty() && update.opaque_ports.is_empty());
+    assert_accepted_by_the_proxy(&update);
 
     // The other port resolves through its own slice port; a UDP port is not served.
     let admin = index.resolve(&authority("web.default:9090"));
@@ -342,10 +351,7 @@ fn a_mirror_is_reached_through_the_gateway() {
     );
     assert_eq!(tunnel.remote_trust_domain, "east.example");
 
-    // The proxy's own decoder accepts it whole.
-    let (decoded, rejections) = mesh_proxy::discovery::Destination::from_update(update);
-    assert!(rejections.is_empty(), "{rejections:?}");
-    assert_eq!(decoded.endpoints.len(), 1);
+    assert_accepted_by_the_proxy(&update);
 }
 
 #[test]
@@ -408,6 +414,7 @@ fn a_failover_split_sends_backends_in_priority_order() {
             backend("web-north", 1)
         ]
     );
+    assert_accepted_by_the_proxy(&update);
     // An address of one endpoint carries no split: the connection already chose its pod.
     assert!(
         index
