@@ -31,9 +31,11 @@
 //!   (ports and ranges, comma separated: `3306,5000-5100`).
 //!
 //! [`dns`] serves these objects as DNS names: per-cluster, per-pod, SRV and clusterset names.
+//! [`discovery`] serves the `Destination` gRPC service to proxies and gateways from these objects.
 
 pub mod cache;
 pub mod controller;
+pub mod discovery;
 pub mod dns;
 pub mod identity;
 pub mod leader;
