@@ -6,8 +6,9 @@
 //! - labels and annotations are copied, except those matched by the configured exclusions and
 //!   the export label itself; the mirror labels ([`labels::MIRRORED_SERVICE`],
 //!   [`labels::CLUSTER_NAME`]) and the [`labels::REMOTE_SVC_FQ_NAME`] annotation are added;
-//! - ports are copied by name, number and protocol (the target port is the port: traffic goes
-//!   through the gateways, which deliver to the remote endpoint's proxy);
+//! - ports are copied by name, number and protocol; the mirror's EndpointSlice carries the remote
+//!   endpoints' port for each (what the caller's proxy names in its transport header, so that
+//!   the remote endpoint's proxy delivers to the right port);
 //! - a headless remote Service gives a headless mirror;
 //! - one EndpointSlice of the same name, managed by [`MIRROR_SLICE_MANAGER`] and owned by the
 //!   mirror Service (so it goes with it): a ClusterIP mirror has the local gateway's egress
@@ -27,6 +28,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use mesh_api::labels;
@@ -304,7 +306,7 @@ pub fn desired(
                 .iter()
                 .map(|port| EndpointPort {
                     name: port.name.clone(),
-                    port: Some(port.port),
+                    port: Some(target_port(port, slices)),
                     protocol: port.protocol.clone(),
                     app_protocol: port.app_protocol.clone(),
                 })
@@ -348,6 +350,22 @@ fn stamp(service: &mut Service) {
 pub fn service_current(existing: &Service, wanted: &Service) -> bool {
     let want = wanted.annotations().get(MIRROR_DIGEST);
     want.is_some() && existing.annotations().get(MIRROR_DIGEST) == want
+}
+
+/// The port a remote Service port leads to on its endpoints: the remote slices' port of the same
+/// name, else a numeric `targetPort`, else the port itself. The caller's proxy names it in the
+/// transport header, and the remote endpoint's proxy delivers to it.
+fn target_port(port: &ServicePort, slices: &[&EndpointSlice]) -> i32 {
+    slices
+        .iter()
+        .flat_map(|slice| slice.ports.iter().flatten())
+        .find(|p| p.name == port.name)
+        .and_then(|p| p.port)
+        .or(match &port.target_port {
+            Some(IntOrString::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(port.port)
 }
 
 /// Whether the local `existing` slice already says what `wanted` says.
@@ -630,6 +648,16 @@ mod tests {
         assert_eq!(port.target_port, None);
         assert_eq!(mirror.slice.endpoints.len(), 1);
         assert_eq!(mirror.slice.endpoints[0].addresses, vec!["10.1.0.9"]);
+        // The remote endpoints' port (the targetPort here), not the Service port.
+        assert_eq!(mirror.slice.ports.as_ref().unwrap()[0].port, Some(8080));
+        let mut named = s.clone();
+        named.ports = Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8443),
+            ..EndpointPort::default()
+        }]);
+        let m = desired(&link(), &remote(false), &[&named], &settings(), true).unwrap();
+        assert_eq!(m.slice.ports.as_ref().unwrap()[0].port, Some(8443));
         assert!(endpoint_ready(&mirror.slice.endpoints[0]));
         assert_eq!(
             mirror.slice.labels().get(MANAGED_BY_LABEL).unwrap(),

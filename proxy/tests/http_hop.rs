@@ -94,7 +94,7 @@ impl Hop {
         let endpoint = MeshEndpoint {
             proxy: inbound,
             app_port: app.port(),
-            identity: east.id("web"),
+            identity: Some(east.id("web")),
             authority: Some(Authority::parse("web.default.svc.cluster.local:8080").unwrap()),
             tunnel: None,
         };
@@ -564,7 +564,7 @@ async fn a_silent_peer_is_noticed_by_pings_and_requests_do_not_hang() {
 #[tokio::test]
 async fn a_wrong_server_identity_is_refused_before_anything_is_sent() {
     let mut hop = Hop::start().await;
-    hop.endpoint.identity = hop.east.id("someone-else");
+    hop.endpoint.identity = Some(hop.east.id("someone-else"));
     let error = hop
         .client
         .send(

@@ -700,6 +700,18 @@ async fn a_websocket_upgrade_goes_through_the_outbound_listener() {
 
 #[tokio::test]
 async fn http_to_a_linked_cluster_rides_one_tunnel_through_the_gateway() {
+    http_through_a_tunnel(true).await;
+}
+
+/// The controller's discovery names no identity for a mirror's endpoints: the proxy requires
+/// the one the remote gateway reports, and HTTP still goes through the tunnel, never in plain
+/// text to the endpoint's address.
+#[tokio::test]
+async fn http_to_a_mirror_without_an_identity_still_goes_through_the_tunnel() {
+    http_through_a_tunnel(false).await;
+}
+
+async fn http_through_a_tunnel(identity_in_discovery: bool) {
     let west_domain = Domain::new("west");
     let east = East::start(&west_domain).await;
     let bundles = pki::bundles(&[&west_domain, &east.domain]);
@@ -715,12 +727,16 @@ async fn http_to_a_linked_cluster_rides_one_tunnel_through_the_gateway() {
     .await;
     let json = format!(
         r#"{{ "web-east.default.svc.cluster.local:80": {{ "endpoints": [ {{
-            "addr": "10.9.0.1:{port}", "identity": "{id}", "cluster": "east",
+            "addr": "10.9.0.1:{port}", {id} "cluster": "east",
             "tunnel": {{ "cluster": "east", "authority": "web.default.svc.cluster.local:80",
                          "gateway": "{gw}", "gateway_identity": "{gw_id}",
                          "remote_trust_domain": "east" }} }} ] }} }}"#,
         port = east.app.port(),
-        id = east.domain.id("web"),
+        id = if identity_in_discovery {
+            format!(r#""identity": "{}","#, east.domain.id("web"))
+        } else {
+            String::new()
+        },
         gw = gateway.addr,
         gw_id = west_domain.id("gateway"),
     );

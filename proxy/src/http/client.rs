@@ -85,8 +85,10 @@ pub struct MeshEndpoint {
     pub proxy: SocketAddr,
     /// The application's port, named in the transport header.
     pub app_port: u16,
-    /// The identity the endpoint must prove in the handshake.
-    pub identity: SpiffeId,
+    /// The identity the endpoint must prove in the handshake. Required for a local endpoint; for
+    /// a tunnel endpoint, `None` means the identity the remote gateway reports for the endpoint
+    /// it picked (inside the remote trust domain), as discovery gives it for mirrors.
+    pub identity: Option<SpiffeId>,
     /// The service authority the caller addressed: carried in the transport header, and the
     /// `:authority` of an HTTP/1.0 request that had no `Host`.
     pub authority: Option<Authority>,
@@ -152,13 +154,15 @@ pub enum ConnectError {
     Handshake(hyper::Error),
     #[error("the connection attempt was abandoned")]
     Abandoned,
+    #[error("a local endpoint without an identity cannot be reached over the mesh")]
+    NoIdentity,
 }
 
 /// Which connection a request may share.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct EndpointKey {
     proxy: SocketAddr,
-    identity: SpiffeId,
+    identity: Option<SpiffeId>,
     app_port: u16,
     /// For a tunnel: the remote cluster and service authority.
     tunnel: Option<(String, String)>,
@@ -436,7 +440,7 @@ impl Inner {
                     &self.tls,
                     self.tls.identity(),
                     tunnel,
-                    Some(&key.identity),
+                    key.identity.as_ref(),
                     ALPN_H2,
                     &header,
                     config.connect_timeout,
@@ -446,9 +450,13 @@ impl Inner {
                 Either::Right(stream)
             }
             None => {
+                let identity = key
+                    .identity
+                    .as_ref()
+                    .ok_or_else(|| Arc::new(ConnectError::NoIdentity))?;
                 let tls = self
                     .tls
-                    .config_for(&key.identity, ALPN_H2)
+                    .config_for(identity, ALPN_H2)
                     .map_err(|e| Arc::new(ConnectError::Tls(e)))?;
                 let header = MeshTransportHeader {
                     port: key.app_port,
@@ -457,7 +465,7 @@ impl Inner {
                 };
                 let stream = tcp::connect_meshed_alpn(
                     key.proxy,
-                    &key.identity,
+                    identity,
                     tls,
                     ALPN_H2,
                     &header,
@@ -486,7 +494,7 @@ impl Inner {
             send,
             active: ActiveStreams::new(),
         };
-        tracing::debug!(proxy = %key.proxy, identity = %key.identity, "mesh.h2 connection opened");
+        tracing::debug!(proxy = %key.proxy, identity = ?key.identity, "mesh.h2 connection opened");
         let driver = Driver {
             inner: Arc::downgrade(self),
             key: key.clone(),

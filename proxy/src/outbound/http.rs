@@ -130,28 +130,26 @@ impl HttpClients {
 
     async fn send(&self, picked: &Picked, req: Request<Body>) -> Result<Response<Body>, SendError> {
         let endpoint = &picked.endpoint;
-        match &endpoint.identity {
-            Some(identity) => {
-                let target = match &endpoint.tunnel {
-                    Some(tunnel) => MeshEndpoint {
-                        proxy: tunnel.gateway,
-                        app_port: endpoint.addr.port(),
-                        identity: identity.clone(),
-                        authority: picked.authority.clone(),
-                        tunnel: Some(tunnel.clone()),
-                    },
-                    None => MeshEndpoint {
-                        proxy: SocketAddr::new(endpoint.addr.ip(), self.inbound_port),
-                        app_port: endpoint.addr.port(),
-                        identity: identity.clone(),
-                        authority: picked.authority.clone(),
-                        tunnel: None,
-                    },
-                };
-                self.mesh.send(&target, req).await.map_err(SendError::Mesh)
-            }
-            None => self.send_plain(endpoint.addr, req).await,
-        }
+        let target = match (&endpoint.tunnel, &endpoint.identity) {
+            // A linked cluster's endpoint: through the local gateway, whether or not discovery
+            // named the identity (for mirrors the remote gateway reports it).
+            (Some(tunnel), identity) => MeshEndpoint {
+                proxy: tunnel.gateway,
+                app_port: endpoint.addr.port(),
+                identity: identity.clone(),
+                authority: picked.authority.clone(),
+                tunnel: Some(tunnel.clone()),
+            },
+            (None, Some(identity)) => MeshEndpoint {
+                proxy: SocketAddr::new(endpoint.addr.ip(), self.inbound_port),
+                app_port: endpoint.addr.port(),
+                identity: Some(identity.clone()),
+                authority: picked.authority.clone(),
+                tunnel: None,
+            },
+            (None, None) => return self.send_plain(endpoint.addr, req).await,
+        };
+        self.mesh.send(&target, req).await.map_err(SendError::Mesh)
     }
 }
 
