@@ -52,7 +52,7 @@ pub fn run(args: DevclusterArgs) -> anyhow::Result<()> {
     let mut written = Ok(());
     runtime.block_on(devcluster::run(
         config,
-        shutdown_signal(),
+        mesh_proxy::run::signals::shutdown_signals(),
         |cluster| match &out {
             Some(path) => {
                 written = cluster
@@ -76,20 +76,4 @@ pub fn run(args: DevclusterArgs) -> anyhow::Result<()> {
         },
     ))?;
     written
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

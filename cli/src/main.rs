@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod controller;
 mod devcluster;
 mod duration;
 mod files;
@@ -31,6 +32,8 @@ enum Command {
     Crds,
     /// Run a local Kubernetes-API-compatible dev cluster, for tests and demos.
     Devcluster(devcluster::DevclusterArgs),
+    /// Run the federation controller of this cluster.
+    Controller(Box<controller::ControllerArgs>),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,10 @@ fn main() -> ExitCode {
         Command::Trust(cmd) => trust::run(cmd),
         Command::Crds => print_crds(),
         Command::Devcluster(args) => devcluster::run(args),
+        Command::Controller(args) => {
+            init_logging();
+            controller::run(*args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,6 +54,18 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Logs to stderr, filtered by MESH_LOG or RUST_LOG (default: info, and warnings only from the
+/// DNS server library, which logs every query at info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn print_crds() -> anyhow::Result<()> {

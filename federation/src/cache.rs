@@ -127,6 +127,7 @@ where
     let (changes, listed) = (changes.clone(), listed.clone());
     tasks.spawn(async move {
         let mut first_list = true;
+        let mut last_error: Option<String> = None;
         let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
             .default_backoff();
         futures_util::pin_mut!(events);
@@ -138,8 +139,26 @@ where
                     changes.send_modify(|generation| *generation += 1);
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => changes.send_modify(|generation| *generation += 1),
-                Err(error) => tracing::warn!(%kind, %error, "watch failed; retrying"),
+                Ok(_) => {
+                    last_error = None;
+                    changes.send_modify(|generation| *generation += 1);
+                }
+                Err(error) => {
+                    // Said once per distinct error, not at every retry.
+                    let text = error.to_string();
+                    if last_error.as_deref() != Some(&text) {
+                        let missing = matches!(
+                            &error,
+                            watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404
+                        );
+                        if missing {
+                            tracing::warn!(%kind, "the API does not serve {kind}: install the mesh CRDs (`mesh crds | kubectl apply -f -`); retrying");
+                        } else {
+                            tracing::warn!(%kind, error = %text, "watch failed; retrying");
+                        }
+                        last_error = Some(text);
+                    }
+                }
             }
         }
     });

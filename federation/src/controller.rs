@@ -3,6 +3,8 @@
 //! Every replica serves the read side, from one [`Cache`] of the local cluster:
 //! - the identity service (gRPC over TLS, [`ControllerConfig::identity_addr`]) signing workload
 //!   certificates for service-account tokens a `TokenReview` proves;
+//! - discovery (gRPC, [`ControllerConfig::discovery_addr`]): `Destination` for proxies and
+//!   gateways;
 //! - DNS ([`ControllerConfig::dns`]);
 //! - the admin server (`/metrics`, `/live`, `/ready`: ready once the cache is complete).
 //!
@@ -27,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cache::Cache;
+use crate::discovery::{DiscoveryConfig, DiscoveryMetrics, DiscoveryService};
 use crate::dns::{DnsConfig, DnsError, DnsMetrics, DnsServer};
 use crate::identity::TokenReviewValidator;
 use crate::leader::{self, LeaderConfig};
@@ -57,6 +60,10 @@ pub struct ControllerConfig {
     pub token_audiences: Vec<String>,
     /// The identity service's address.
     pub identity_addr: SocketAddr,
+    /// The discovery service's address.
+    pub discovery_addr: SocketAddr,
+    /// Discovery's view of this cluster (its gateway's egress address, cluster domain).
+    pub discovery: DiscoveryConfig,
     /// The admin server's address.
     pub admin_addr: SocketAddr,
     /// DNS.
@@ -76,6 +83,7 @@ impl std::fmt::Debug for ControllerConfig {
             .field("trust_domain", &self.trust_domain)
             .field("namespace", &self.namespace)
             .field("identity_addr", &self.identity_addr)
+            .field("discovery_addr", &self.discovery_addr)
             .field("admin_addr", &self.admin_addr)
             .field("dns", &self.dns)
             .field("mirrors", &self.mirrors)
@@ -104,6 +112,9 @@ pub enum ControllerError {
     /// DNS could not start.
     #[error(transparent)]
     Dns(#[from] DnsError),
+    /// Discovery's configuration is unusable.
+    #[error("discovery: {0}")]
+    Discovery(#[from] crate::discovery::ConfigError),
 }
 
 /// The controller's ports, once bound.
@@ -111,6 +122,8 @@ pub enum ControllerError {
 pub struct Bound {
     /// The identity service.
     pub identity: SocketAddr,
+    /// Discovery.
+    pub discovery: SocketAddr,
     /// DNS (UDP and TCP).
     pub dns: SocketAddr,
     /// The admin server.
@@ -138,6 +151,8 @@ pub async fn run(
         leaf_lifetime,
         token_audiences,
         identity_addr,
+        discovery_addr,
+        discovery,
         admin_addr,
         dns,
         mirrors,
@@ -160,6 +175,7 @@ pub async fn run(
     let mut registry = Registry::with_prefix("mesh_controller");
     let dns_metrics = DnsMetrics::default();
     dns_metrics.register(&mut registry);
+    let discovery_metrics = DiscoveryMetrics::register(&mut registry);
     let registry = Arc::new(registry);
 
     let cache = Cache::start(&client);
@@ -169,17 +185,20 @@ pub async fn run(
             .map_err(|source| ControllerError::Bind { what, addr, source })
     };
     let identity_listener = bind("identity", identity_addr).await?;
+    let discovery_listener = bind("discovery", discovery_addr).await?;
+    let discovery = DiscoveryService::new(discovery, cache.clone(), discovery_metrics)?;
     let admin_listener = bind("admin", admin_addr).await?;
     let dns_server = DnsServer::bind(dns, cache.clone(), dns_metrics).await?;
     let ports = Bound {
         identity: local(&identity_listener, identity_addr),
+        discovery: local(&discovery_listener, discovery_addr),
         dns: dns_server.local_addr(),
         admin: local(&admin_listener, admin_addr),
     };
     if let Some(bound) = bound {
         let _ = bound.send(ports);
     }
-    tracing::info!(%cluster, %trust_domain, identity = %ports.identity, dns = %ports.dns, admin = %ports.admin, "controller serving");
+    tracing::info!(%cluster, %trust_domain, identity = %ports.identity, discovery = %ports.discovery, dns = %ports.dns, admin = %ports.admin, "controller serving");
 
     let (stop_tx, stop) = watch::channel(false);
     let stopped = move || {
@@ -209,6 +228,19 @@ pub async fn run(
         }
     });
     tasks.spawn(rotator.run(stopped()));
+    tasks.spawn({
+        let stopped = stopped();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(discovery_listener);
+        async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(discovery.into_server())
+                .serve_with_incoming_shutdown(incoming, stopped)
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "discovery failed");
+            }
+        }
+    });
     tasks.spawn({
         let stopped = stopped();
         async move {
