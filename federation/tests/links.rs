@@ -14,12 +14,14 @@ use mesh_api::crd::{Link, LinkGateway, LinkProbe, LinkSpec};
 use mesh_api::labels;
 use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
 use mesh_federation::cache::Cache;
-use mesh_federation::link::condition;
+use mesh_federation::link::{ValidLink, condition};
 use mesh_federation::links::{Links, LinksConfig};
 use mesh_federation::mirror::{MirrorSettings, MirrorWriter, endpoint_ready};
+use mesh_federation::probe::{GatewayHealth, GatewayHealthSource, ProbeHandle};
 use mesh_trust::TrustDomain;
 use mesh_trust::ca::CertificateAuthority;
 use serde_json::json;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -179,6 +181,26 @@ async fn export_web(east: &Client) {
 
 /// The controller's link reconciler on west, until the returned sender is dropped or fired.
 fn start_controller(west: &Client) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    start_controller_probing(west, None)
+}
+
+/// Gateway health the test decides: what probes would report.
+#[derive(Debug)]
+struct Switch(tokio::sync::watch::Sender<GatewayHealth>);
+
+impl GatewayHealthSource for Switch {
+    fn probe(&self, _link: &ValidLink) -> ProbeHandle {
+        ProbeHandle {
+            health: self.0.subscribe(),
+            guard: None,
+        }
+    }
+}
+
+fn start_controller_probing(
+    west: &Client,
+    probes: Option<Arc<dyn GatewayHealthSource>>,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let cache = Cache::start(west);
     let writer = MirrorWriter::new(
         west.clone(),
@@ -196,7 +218,7 @@ fn start_controller(west: &Client) -> (oneshot::Sender<()>, tokio::task::JoinHan
             trust_domain: TrustDomain::new("west.local").unwrap(),
         },
         writer,
-        None,
+        probes,
     );
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(links.run(async {
@@ -521,4 +543,63 @@ async fn an_unreachable_remote_keeps_the_mirrors_and_a_restart_neither_duplicate
     assert!(mirror(&west, "web-east").await.is_some());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(mirror(&west, "web-east").await.is_some());
+}
+
+/// Probes say the remote gateway is down: the Link says so and every mirror of that cluster is
+/// marked not ready; when probes succeed again, the mirrors are ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_gateway_marks_its_mirrors_not_ready_until_it_answers_again() {
+    let (_west_cluster, west) = cluster("west").await;
+    let (east_cluster, east) = cluster("east").await;
+    put_credentials(&west, east_cluster.kubeconfig()).await;
+    export_web(&east).await;
+    let (health, _) = tokio::sync::watch::channel(GatewayHealth::default());
+    let switch = Arc::new(Switch(health));
+    let (_stop, _task) = start_controller_probing(&west, Some(switch.clone()));
+    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
+    links
+        .create(&PostParams::default(), &link(&east_root_pem()))
+        .await
+        .unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(west.clone(), "shop");
+    let ready = |want: bool| {
+        let slices = slices.clone();
+        async move {
+            let slice = slices.get_opt("web-east").await.unwrap()?;
+            let endpoint = slice.endpoints.first()?;
+            (endpoint_ready(endpoint) == want).then_some(())
+        }
+    };
+    eventually("the mirror is ready", || ready(true)).await;
+
+    switch.0.send_replace(GatewayHealth {
+        alive: false,
+        latency: None,
+        last_probe: Some(std::time::SystemTime::now()),
+        last_error: Some("3 probes in a row failed: timed out".into()),
+    });
+    eventually("the mirror is not ready", || ready(false)).await;
+    let (_, message) = eventually("the link says the gateway is down", || async {
+        link_condition(&west, condition::GATEWAY_ALIVE)
+            .await
+            .filter(|(status, _)| status == "False")
+    })
+    .await;
+    assert!(message.contains("timed out"), "{message}");
+    let status = links.get("east").await.unwrap().status.unwrap();
+    assert!(!status.gateway.alive);
+
+    switch.0.send_replace(GatewayHealth {
+        alive: true,
+        latency: Some(Duration::from_millis(12)),
+        last_probe: Some(std::time::SystemTime::now()),
+        last_error: None,
+    });
+    eventually("the mirror is ready again", || ready(true)).await;
+    let status = eventually("the link shows the probe latency", || async {
+        let status = links.get("east").await.unwrap().status?;
+        (status.gateway.alive && status.gateway.latency_ms == Some(12)).then_some(status)
+    })
+    .await;
+    assert!(status.gateway.last_probe_time.is_some());
 }
