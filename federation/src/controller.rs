@@ -33,7 +33,7 @@ use crate::discovery::{DiscoveryConfig, DiscoveryMetrics, DiscoveryService};
 use crate::dns::{DnsConfig, DnsError, DnsMetrics, DnsServer};
 use crate::identity::TokenReviewValidator;
 use crate::leader::{self, LeaderConfig};
-use crate::links::{Links, LinksConfig};
+use crate::links::{LinkMetrics, Links, LinksConfig};
 use crate::mirror::{MirrorSettings, MirrorWriter};
 use crate::probe::GatewayHealthSource;
 
@@ -176,6 +176,8 @@ pub async fn run(
     let dns_metrics = DnsMetrics::default();
     dns_metrics.register(&mut registry);
     let discovery_metrics = DiscoveryMetrics::register(&mut registry);
+    let link_metrics = LinkMetrics::default();
+    link_metrics.register(&mut registry);
     let registry = Arc::new(registry);
 
     let cache = Cache::start(&client);
@@ -293,6 +295,7 @@ pub async fn run(
         namespace: namespace.clone(),
         cluster: cluster.clone(),
         trust_domain: trust_domain.clone(),
+        metrics: link_metrics,
     };
     tasks.spawn(lead(
         leading,

@@ -40,6 +40,10 @@ use mesh_api::crd::{
 use mesh_api::labels;
 use mesh_trust::bundle::RootInfo;
 use mesh_trust::{TrustBundleSet, TrustDomain};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
 use crate::cache::Cache;
@@ -64,6 +68,66 @@ pub struct LinksConfig {
     pub cluster: String,
     /// This cluster's trust domain.
     pub trust_domain: TrustDomain,
+    /// Where the per-link gauges go.
+    pub metrics: LinkMetrics,
+}
+
+/// Per linked cluster: whether its API answers, how many of its Services are mirrored, and
+/// whether its Link is ready. Series of a deleted Link are removed.
+#[derive(Clone, Debug, Default)]
+pub struct LinkMetrics {
+    remote_reachable: Family<ClusterLabel, Gauge>,
+    mirrored: Family<ClusterLabel, Gauge>,
+    ready: Family<ClusterLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabel {
+    target_cluster: String,
+}
+
+impl LinkMetrics {
+    /// Registers `link_remote_reachable`, `link_mirrored_services` and `link_ready`, each
+    /// labelled `target_cluster`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "link_remote_reachable",
+            "Whether the linked cluster's API answered the last watch or check (1) or not (0)",
+            self.remote_reachable.clone(),
+        );
+        registry.register(
+            "link_mirrored_services",
+            "Services of the linked cluster mirrored here",
+            self.mirrored.clone(),
+        );
+        registry.register(
+            "link_ready",
+            "Whether the Link's Ready condition is True (1) or not (0)",
+            self.ready.clone(),
+        );
+    }
+
+    fn set(&self, cluster: &str, reachable: Option<bool>, mirrored: u32, ready: bool) {
+        let label = ClusterLabel {
+            target_cluster: cluster.to_owned(),
+        };
+        if let Some(reachable) = reachable {
+            self.remote_reachable
+                .get_or_create(&label)
+                .set(i64::from(reachable));
+        }
+        self.mirrored.get_or_create(&label).set(i64::from(mirrored));
+        self.ready.get_or_create(&label).set(i64::from(ready));
+    }
+
+    fn remove(&self, cluster: &str) {
+        let label = ClusterLabel {
+            target_cluster: cluster.to_owned(),
+        };
+        self.remote_reachable.remove(&label);
+        self.mirrored.remove(&label);
+        self.ready.remove(&label);
+    }
 }
 
 /// Why a reconcile failed (it is retried with backoff).
@@ -381,6 +445,16 @@ async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileE
         last_probe_time: health.last_probe.map(mesh_trust::x509::rfc3339),
     };
     let mut status = conditions.finish();
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::READY && c.status == "True");
+    context.config.metrics.set(
+        &valid.cluster,
+        state.reachable.as_ref().map(Result::is_ok),
+        state.mirrored,
+        ready,
+    );
     status.gateway = gateway;
     status.mirrored_services = state.mirrored;
     status.trust_bundle = LinkTrustBundleStatus {
@@ -602,6 +676,7 @@ async fn cleanup(link: &Link, context: &Arc<Context>) -> Result<Action, Reconcil
     let name = link.name_any();
     stop(context, &name);
     let cluster = link.spec.cluster_name.clone();
+    context.config.metrics.remove(&cluster);
     context
         .bundles
         .send_if_modified(|bundles| bundles.remove(&cluster).is_some());

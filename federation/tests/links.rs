@@ -15,7 +15,7 @@ use mesh_api::labels;
 use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
 use mesh_federation::cache::Cache;
 use mesh_federation::link::{ValidLink, condition};
-use mesh_federation::links::{Links, LinksConfig};
+use mesh_federation::links::{LinkMetrics, Links, LinksConfig};
 use mesh_federation::mirror::{MirrorSettings, MirrorWriter, endpoint_ready};
 use mesh_federation::probe::{GatewayHealth, GatewayHealthSource, ProbeHandle};
 use mesh_trust::TrustDomain;
@@ -181,7 +181,7 @@ async fn export_web(east: &Client) {
 
 /// The controller's link reconciler on west, until the returned sender is dropped or fired.
 fn start_controller(west: &Client) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    start_controller_probing(west, None)
+    start_controller_probing(west, None, LinkMetrics::default())
 }
 
 /// Gateway health the test decides: what probes would report.
@@ -200,6 +200,7 @@ impl GatewayHealthSource for Switch {
 fn start_controller_probing(
     west: &Client,
     probes: Option<Arc<dyn GatewayHealthSource>>,
+    metrics: LinkMetrics,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let cache = Cache::start(west);
     let writer = MirrorWriter::new(
@@ -216,6 +217,7 @@ fn start_controller_probing(
             namespace: "mesh".into(),
             cluster: "west".into(),
             trust_domain: TrustDomain::new("west.local").unwrap(),
+            metrics,
         },
         writer,
         probes,
@@ -514,7 +516,10 @@ async fn an_unreachable_remote_keeps_the_mirrors_and_a_restart_neither_duplicate
         .create(&PostParams::default(), &orphan)
         .await
         .unwrap();
-    let (_stop, _task) = start_controller(&west);
+    let metrics = LinkMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let (_stop, _task) = start_controller_probing(&west, None, metrics);
     eventually("the orphan is collected", || async {
         mirror(&west, "old-gone").await.is_none().then_some(())
     })
@@ -541,6 +546,24 @@ async fn an_unreachable_remote_keeps_the_mirrors_and_a_restart_neither_duplicate
     .await;
     assert!(message.contains("mirrors are kept"), "{message}");
     assert!(mirror(&west, "web-east").await.is_some());
+    // And the metrics say so.
+    let text = eventually("the reachability gauge", || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        std::future::ready(
+            text.contains(r#"link_remote_reachable{target_cluster="east"} 0"#)
+                .then_some(text),
+        )
+    })
+    .await;
+    assert!(
+        text.contains(r#"link_mirrored_services{target_cluster="east"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"link_ready{target_cluster="east"} 0"#),
+        "{text}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(mirror(&west, "web-east").await.is_some());
 }
@@ -555,7 +578,8 @@ async fn a_dead_gateway_marks_its_mirrors_not_ready_until_it_answers_again() {
     export_web(&east).await;
     let (health, _) = tokio::sync::watch::channel(GatewayHealth::default());
     let switch = Arc::new(Switch(health));
-    let (_stop, _task) = start_controller_probing(&west, Some(switch.clone()));
+    let (_stop, _task) =
+        start_controller_probing(&west, Some(switch.clone()), LinkMetrics::default());
     let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
     links
         .create(&PostParams::default(), &link(&east_root_pem()))
