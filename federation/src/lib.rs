@@ -31,6 +31,9 @@
 //!   (ports and ranges, comma separated: `3306,5000-5100`).
 //!
 //! [`dns`] serves these objects as DNS names: per-cluster, per-pod, SRV and clusterset names.
+//!
+//! [`prober`] probes each linked gateway through the local gateway, for the link reconciler
+//! ([`probe::GatewayHealthSource`]).
 
 pub mod cache;
 pub mod dns;
@@ -38,6 +41,7 @@ pub mod link;
 pub mod links;
 pub mod mirror;
 pub mod probe;
+pub mod prober;
 pub mod remote;
 
 /// The `endpointslice.kubernetes.io/managed-by` value of the EndpointSlices of mirrors.
