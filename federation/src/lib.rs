@@ -33,7 +33,8 @@
 //! [`dns`] serves these objects as DNS names: per-cluster, per-pod, SRV and clusterset names.
 //!
 //! [`prober`] probes each linked gateway through the local gateway, for the link reconciler
-//! ([`probe::GatewayHealthSource`]).
+//! ([`probe::GatewayHealthSource`]); [`trust`] publishes this cluster's roots, keeps the linked
+//! domains' roots in a ConfigMap, and serves the merged set (`TrustBundles.Watch`).
 
 pub mod cache;
 pub mod dns;
@@ -43,6 +44,7 @@ pub mod mirror;
 pub mod probe;
 pub mod prober;
 pub mod remote;
+pub mod trust;
 
 /// The `endpointslice.kubernetes.io/managed-by` value of the EndpointSlices of mirrors.
 pub const MIRROR_SLICE_MANAGER: &str = "mesh-controller.multicluster.mesh.io";
