@@ -32,6 +32,10 @@
 //!
 //! [`dns`] serves these objects as DNS names: per-cluster, per-pod, SRV and clusterset names.
 //! [`discovery`] serves the `Destination` gRPC service to proxies and gateways from these objects.
+//!
+//! [`prober`] probes each linked gateway through the local gateway, for the link reconciler
+//! ([`probe::GatewayHealthSource`]); [`trust`] publishes this cluster's roots, keeps the linked
+//! domains' roots in a ConfigMap, and serves the merged set (`TrustBundles.Watch`).
 
 pub mod cache;
 pub mod controller;
@@ -43,7 +47,9 @@ pub mod link;
 pub mod links;
 pub mod mirror;
 pub mod probe;
+pub mod prober;
 pub mod remote;
+pub mod trust;
 
 /// The `endpointslice.kubernetes.io/managed-by` value of the EndpointSlices of mirrors.
 pub const MIRROR_SLICE_MANAGER: &str = "mesh-controller.multicluster.mesh.io";
