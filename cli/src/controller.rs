@@ -170,7 +170,6 @@ async fn config(args: ControllerArgs) -> anyhow::Result<ControllerConfig> {
             exclude_annotations: args.exclude_annotations,
             create_namespaces: args.create_namespaces,
         },
-        probes: None,
         leader: LeaderConfig::new(args.namespace, "mesh-controller", replica),
     })
 }

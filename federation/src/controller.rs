@@ -4,12 +4,15 @@
 //! - the identity service (gRPC over TLS, [`ControllerConfig::identity_addr`]) signing workload
 //!   certificates for service-account tokens a `TokenReview` proves;
 //! - discovery (gRPC, [`ControllerConfig::discovery_addr`]): `Destination` for proxies and
-//!   gateways;
+//!   gateways, and `TrustBundles.Watch`, the merged trust bundle set (this domain's roots and
+//!   every linked domain's, from the ConfigMap the leader keeps);
 //! - DNS ([`ControllerConfig::dns`]);
 //! - the admin server (`/metrics`, `/live`, `/ready`: ready once the cache is complete).
 //!
 //! One replica at a time, the leader of the [`leader`] election, runs the write side: the Link
-//! reconciler and its mirrors, and the publication of this cluster's trust bundle. When a
+//! reconciler and its mirrors (probing each linked gateway through the local gateway's egress
+//! port when [`DiscoveryConfig::gateway_egress`] is set), the publication of this cluster's trust
+//! bundle for linked clusters, and the ConfigMap of linked domains' bundles. When a
 //! replica loses the lead its writers stop; when one gains it they start from the API's state,
 //! so nothing is carried over in memory.
 
@@ -22,7 +25,7 @@ use kube::Client;
 use mesh_trust::ca::CertificateAuthority;
 use mesh_trust::identity::IdentityService;
 use mesh_trust::rotation::{LocalIssuer, RotationOptions, Rotator};
-use mesh_trust::{SpiffeId, TrustBundleSet, TrustDomain};
+use mesh_trust::{SharedTrustBundles, SpiffeId, TrustBundleSet, TrustDomain};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,9 +39,13 @@ use crate::leader::{self, LeaderConfig};
 use crate::links::{LinkMetrics, Links, LinksConfig};
 use crate::mirror::{MirrorSettings, MirrorWriter};
 use crate::probe::GatewayHealthSource;
+use crate::prober::{GatewayProber, ProberConfig, ProberMetrics};
+use crate::trust::{BundleSet, publish_own, run_linked_writer};
 
 /// The service account the controller runs as, and so its own identity.
 pub const CONTROLLER_SERVICE_ACCOUNT: &str = "mesh-controller";
+/// The service account of the gateway, in the same namespace.
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "mesh-gateway";
 
 /// Everything the controller needs.
 pub struct ControllerConfig {
@@ -70,8 +77,6 @@ pub struct ControllerConfig {
     pub dns: DnsConfig,
     /// How mirrors are made.
     pub mirrors: MirrorSettings,
-    /// Where gateway health comes from (none: every gateway counts as alive).
-    pub probes: Option<Arc<dyn GatewayHealthSource>>,
     /// The leader election.
     pub leader: LeaderConfig,
 }
@@ -147,7 +152,7 @@ pub async fn run(
         namespace,
         client,
         issuer,
-        roots: _,
+        roots,
         leaf_lifetime,
         token_audiences,
         identity_addr,
@@ -156,7 +161,6 @@ pub async fn run(
         admin_addr,
         dns,
         mirrors,
-        probes,
         leader: leader_config,
     } = config;
 
@@ -178,6 +182,8 @@ pub async fn run(
     let discovery_metrics = DiscoveryMetrics::register(&mut registry);
     let link_metrics = LinkMetrics::default();
     link_metrics.register(&mut registry);
+    let prober_metrics = ProberMetrics::default();
+    prober_metrics.register(&mut registry);
     let registry = Arc::new(registry);
 
     let cache = Cache::start(&client);
@@ -188,7 +194,33 @@ pub async fn run(
     };
     let identity_listener = bind("identity", identity_addr).await?;
     let discovery_listener = bind("discovery", discovery_addr).await?;
+    // Probes of linked gateways go through the local gateway, which must prove the gateway
+    // identity of this domain.
+    let probes: Option<Arc<dyn GatewayHealthSource>> = match discovery.gateway_egress {
+        Some(egress) => {
+            let gateway_identity = trust_domain
+                .workload(&namespace, GATEWAY_SERVICE_ACCOUNT)
+                .map_err(|e| ControllerError::Identity(e.to_string()))?;
+            let prober = GatewayProber::new(ProberConfig {
+                egress,
+                gateway_identity,
+                certs: own_certs.clone(),
+                bundles: SharedTrustBundles::new(roots.clone()),
+                metrics: prober_metrics,
+                events: None,
+            })
+            .map_err(|e| ControllerError::Identity(e.to_string()))?;
+            Some(Arc::new(prober))
+        }
+        None => None,
+    };
     let discovery = DiscoveryService::new(discovery, cache.clone(), discovery_metrics)?;
+    let bundle_set = BundleSet::start(
+        client.clone(),
+        &namespace,
+        trust_domain.clone(),
+        roots.clone(),
+    );
     let admin_listener = bind("admin", admin_addr).await?;
     let dns_server = DnsServer::bind(dns, cache.clone(), dns_metrics).await?;
     let ports = Bound {
@@ -236,6 +268,7 @@ pub async fn run(
         async move {
             let served = tonic::transport::Server::builder()
                 .add_service(discovery.into_server())
+                .add_service(bundle_set.service())
                 .serve_with_incoming_shutdown(incoming, stopped)
                 .await;
             if let Err(error) = served {
@@ -299,11 +332,14 @@ pub async fn run(
     };
     tasks.spawn(lead(
         leading,
-        client.clone(),
-        cache.clone(),
-        links_config,
-        writer,
-        probes,
+        Writers {
+            client: client.clone(),
+            cache: cache.clone(),
+            config: links_config,
+            writer,
+            probes,
+            roots,
+        },
         own,
     ));
 
@@ -345,22 +381,39 @@ fn identity_tls(
     Ok(config)
 }
 
-/// Runs the writers while `leading` is true; stops them when it turns false, and starts them
-/// again when it turns true again.
-async fn lead(
-    mut leading: watch::Receiver<bool>,
+/// What the leader runs.
+struct Writers {
     client: Client,
     cache: Cache,
     config: LinksConfig,
     writer: MirrorWriter,
     probes: Option<Arc<dyn GatewayHealthSource>>,
-    own: SpiffeId,
-) {
+    roots: TrustBundleSet,
+}
+
+/// Runs the writers while `leading` is true; stops them when it turns false, and starts them
+/// again when it turns true again.
+async fn lead(mut leading: watch::Receiver<bool>, writers: Writers, own: SpiffeId) {
+    let Writers {
+        client,
+        cache,
+        config,
+        writer,
+        probes,
+        roots,
+    } = writers;
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             return;
         }
-        tracing::info!(identity = %own, "leading: starting the link reconciler");
+        tracing::info!(identity = %own, "leading: starting the link reconciler and the trust bridge");
+        let lost = || {
+            let mut lost = leading.clone();
+            async move {
+                let _ = lost.wait_for(|l| !*l).await;
+            }
+        };
+        let publish = publish_own_until_done(&client, &config, &roots, lost());
         let links = Links::new(
             client.clone(),
             cache.clone(),
@@ -368,11 +421,38 @@ async fn lead(
             writer.clone(),
             probes.clone(),
         );
-        let mut lost = leading.clone();
-        let stop = async move {
-            let _ = lost.wait_for(|l| !*l).await;
-        };
-        links.run(stop).await;
-        tracing::info!("no longer leading: the link reconciler stopped");
+        let linked = run_linked_writer(
+            client.clone(),
+            config.namespace.clone(),
+            links.bundles(),
+            lost(),
+        );
+        tokio::join!(publish, links.run(lost()), linked);
+        tracing::info!("no longer leading: the link reconciler and the trust bridge stopped");
+    }
+}
+
+/// Publishes this domain's roots for linked clusters, retrying with backoff until it succeeds
+/// or `stop` resolves.
+async fn publish_own_until_done(
+    client: &Client,
+    config: &LinksConfig,
+    roots: &TrustBundleSet,
+    stop: impl Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match publish_own(client, &config.namespace, &config.trust_domain, roots).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, ?delay, "cannot publish this cluster's trust bundle; retrying");
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }

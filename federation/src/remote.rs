@@ -146,9 +146,10 @@ impl LinkWorker {
         );
         let bundle_fields = format!("metadata.name={}", link.bundle_config_map);
         let remote_check = remote.clone();
+        // The remote controller publishes its bundle in its mesh namespace, named as ours.
         let bundles = watch_remote::<ConfigMap>(
             &mut tasks,
-            Api::default_namespaced(remote),
+            Api::namespaced(remote, &link.namespace),
             watcher::Config::default().fields(&bundle_fields),
             &wake,
             &reach,

@@ -149,6 +149,7 @@ async fn start_controller(west: &Client, own: &Domain) -> Controller {
             namespace: "mesh".into(),
             cluster: "west".into(),
             trust_domain: own.td.clone(),
+            metrics: Default::default(),
         },
         writer,
         None,
