@@ -181,6 +181,24 @@ pub fn validate(
     own_domain: &TrustDomain,
     now: SystemTime,
 ) -> Result<ValidLink, LinkProblem> {
+    validate_with(link, own_cluster, own_domain, now, None)
+}
+
+/// [`validate`], for a Link whose remote bundle has been kept current from the remote
+/// cluster: once the roots the Link was made with have expired (the remote rotated), `current`
+/// (the last good bundle the remote published) stands in for them, so a rotation never needs a
+/// new Link.
+///
+/// # Errors
+///
+/// The first problem found, with the condition it sets.
+pub fn validate_with(
+    link: &Link,
+    own_cluster: &str,
+    own_domain: &TrustDomain,
+    now: SystemTime,
+    current: Option<&TrustBundleSet>,
+) -> Result<ValidLink, LinkProblem> {
     let spec = &link.spec;
     let bad = |field: &'static str, reason: String| LinkProblem::Spec { field, reason };
     if !is_dns_label(&spec.cluster_name) {
@@ -259,7 +277,18 @@ pub fn validate(
             "periodSeconds, timeoutSeconds and failureThreshold must be at least 1".into(),
         ));
     }
-    let (bundle, _) = parse_bundle(&trust_domain, &spec.trust_bundle, now)?;
+    let bundle = match (
+        parse_bundle(&trust_domain, &spec.trust_bundle, now),
+        current,
+    ) {
+        (Ok((bundle, _)), _) => bundle,
+        (Err(LinkProblem::TrustBundleExpired(_)), Some(current))
+            if current.expired_roots(now).len() < current.root_infos().len() =>
+        {
+            current.clone()
+        }
+        (Err(problem), _) => return Err(problem),
+    };
     Ok(ValidLink {
         namespace: link.namespace().unwrap_or_default(),
         name: link.name_any(),
@@ -428,6 +457,25 @@ mod tests {
         let both = format!("{expired}{current}");
         let valid = validate(&link(&both), "west", &west(), now).unwrap();
         assert_eq!(valid.bundle.root_infos().len(), 1);
+    }
+
+    #[test]
+    fn an_expired_link_bundle_is_replaced_by_the_current_remote_one() {
+        let now = SystemTime::now();
+        let old = Validity {
+            not_before: now - Duration::from_secs(7200),
+            not_after: now - Duration::from_secs(3600),
+        };
+        let expired = root_pem(&east(), old);
+        let rotated = root_pem(&east(), Validity::starting_now(Duration::from_secs(3600)));
+        let (current, _) = parse_bundle(&east(), &rotated, now).unwrap();
+        let valid = validate_with(&link(&expired), "west", &west(), now, Some(&current)).unwrap();
+        assert_eq!(valid.bundle, current);
+        // Without a current bundle, or with one that has expired too, it is refused.
+        assert!(validate_with(&link(&expired), "west", &west(), now, None).is_err());
+        let mut stale = TrustBundleSet::new();
+        stale.insert_pem(&east(), expired.as_bytes()).unwrap();
+        assert!(validate_with(&link(&expired), "west", &west(), now, Some(&stale)).is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The Link reconciler: a kube-runtime `Controller` over the Links of the mesh namespace.
 //!
-//! For each Link, level-triggered (a change of the Link or of its credentials Secret, and every
-//! [`RESYNC`] anyway; a change of its worker's state or of its gateway's health re-applies it
-//! too, so the status follows within [`STATUS_DEBOUNCE`]):
+//! For each Link, level-triggered (a change of the Link or of its credentials Secret, a change of
+//! its worker's state or of its gateway's health, which asks the Controller for a reconcile after
+//! [`STATUS_DEBOUNCE`], and every [`RESYNC`] anyway; reconciles of one Link never overlap):
 //! 1. A finalizer ([`FINALIZER`]) is added; on deletion the Link's worker and probes stop, every
 //!    mirror of its cluster is deleted, and the finalizer is removed.
 //! 2. The Link is validated ([`link::validate`]); a bad one gets its condition and nothing runs
@@ -44,7 +44,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::cache::Cache;
 use crate::link::{self, LinkProblem, ValidLink, condition};
@@ -156,7 +156,10 @@ struct Context {
     writer: MirrorWriter,
     probes: Option<Arc<dyn GatewayHealthSource>>,
     running: Mutex<HashMap<String, Running>>,
-    /// The controller's Links, once it runs: what a worker's change is applied to.
+    /// Asks the Controller to reconcile a Link again (its worker's state or its gateway's health
+    /// changed), so that reconciles of one Link never overlap.
+    wake: mpsc::UnboundedSender<ObjectRef<Link>>,
+    /// The Controller's Links, once it runs.
     links: std::sync::OnceLock<Store<Link>>,
     bundles: tokio::sync::watch::Sender<BTreeMap<String, (TrustDomain, TrustBundleSet)>>,
 }
@@ -171,6 +174,8 @@ struct Running {
     _forward: tokio::task::JoinHandle<()>,
     /// The last good remote bundle and its roots.
     bundle: (TrustBundleSet, Vec<RootInfo>),
+    /// Whether that bundle came from the remote cluster (not from the Link).
+    remote_bundle: bool,
 }
 
 impl Drop for Running {
@@ -182,6 +187,7 @@ impl Drop for Running {
 /// The link reconciler and the trust bundles of linked domains it keeps current.
 pub struct Links {
     context: Arc<Context>,
+    wake: mpsc::UnboundedReceiver<ObjectRef<Link>>,
     bundles: LinkedBundles,
 }
 
@@ -204,6 +210,7 @@ impl Links {
         probes: Option<Arc<dyn GatewayHealthSource>>,
     ) -> Self {
         let (bundles_tx, bundles) = tokio::sync::watch::channel(BTreeMap::new());
+        let (wake_tx, wake) = mpsc::unbounded_channel();
         Self {
             context: Arc::new(Context {
                 client,
@@ -212,9 +219,11 @@ impl Links {
                 writer,
                 probes,
                 running: Mutex::new(HashMap::new()),
+                wake: wake_tx,
                 links: std::sync::OnceLock::new(),
                 bundles: bundles_tx,
             }),
+            wake,
             bundles,
         }
     }
@@ -230,7 +239,7 @@ impl Links {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     ) {
-        let Self { context, .. } = self;
+        let Self { context, wake, .. } = self;
         context.cache.wait_ready().await;
         collect_orphans(&context).await;
 
@@ -240,6 +249,7 @@ impl Links {
         let controller = Controller::new(links, watcher::Config::default());
         let store = controller.store();
         let _ = context.links.set(store.clone());
+        let wake = tokio_stream::wrappers::UnboundedReceiverStream::new(wake);
         controller
             .watches(
                 secrets,
@@ -254,6 +264,7 @@ impl Links {
                         .collect::<Vec<_>>()
                 },
             )
+            .reconcile_on(wake)
             .graceful_shutdown_on(shutdown)
             .run(reconcile, error_policy, context.clone())
             .for_each(|result| async move {
@@ -310,7 +321,7 @@ async fn remote_client(context: &Context, valid: &ValidLink) -> Result<(Client, 
         .map_err(|e| format!("reading Secret {}: {e}", valid.credentials_secret))?
         .ok_or_else(|| {
             format!(
-                "Secret {} does not exist in namespace {}: create it with `mesh multicluster link`",
+                "Secret {} does not exist in namespace {}: create it with the remote cluster's kubeconfig under the key {CREDENTIALS_SECRET_KEY:?}",
                 valid.credentials_secret, valid.namespace
             )
         })?;
@@ -331,13 +342,15 @@ async fn remote_client(context: &Context, valid: &ValidLink) -> Result<(Client, 
             valid.credentials_secret
         )
     })?;
-    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| {
+    // A parse error can quote the input: say where, never what.
+    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|_| {
         format!(
-            "Secret {}: the kubeconfig does not parse: {}",
-            valid.credentials_secret,
-            first_line(&e)
+            "Secret {}: the kubeconfig is not valid YAML of a kubeconfig",
+            valid.credentials_secret
         )
     })?;
+    check_kubeconfig(&kubeconfig)
+        .map_err(|reason| format!("Secret {}: {reason}", valid.credentials_secret))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| {
@@ -356,8 +369,8 @@ async fn remote_client(context: &Context, valid: &ValidLink) -> Result<(Client, 
     Ok((client, data))
 }
 
-/// The first line of an error about a Secret's contents, at most 200 characters: parsers follow
-/// it with a quote of the offending input, which must not reach a status or a log.
+/// The first line of an error about a usable kubeconfig (a bad server URL, a bad certificate),
+/// at most 200 characters.
 fn first_line(error: &dyn std::fmt::Display) -> String {
     error
         .to_string()
@@ -369,14 +382,86 @@ fn first_line(error: &dyn std::fmt::Display) -> String {
         .collect()
 }
 
+/// Refuses the parts of a kubeconfig a link must not use. A Link's credentials come from
+/// whoever can write Secrets in the mesh namespace, and the controller holds the issuer's key:
+/// an `exec` plugin or `auth-provider` would run code in it, a `tokenFile` or a certificate path
+/// would read its files (its own service-account token, to a server of the writer's choosing),
+/// and a proxy or `insecure-skip-tls-verify` would hand the connection to someone else. Only
+/// inline credentials (a token, or a client certificate and key) and an inline CA are accepted.
+pub fn check_kubeconfig(kubeconfig: &Kubeconfig) -> Result<(), String> {
+    for named in &kubeconfig.auth_infos {
+        let Some(auth) = &named.auth_info else {
+            continue;
+        };
+        let refused = [
+            ("exec", auth.exec.is_some()),
+            ("auth-provider", auth.auth_provider.is_some()),
+            ("tokenFile", auth.token_file.is_some()),
+            (
+                "client-certificate (a file)",
+                auth.client_certificate.is_some(),
+            ),
+            ("client-key (a file)", auth.client_key.is_some()),
+            (
+                "username/password",
+                auth.username.is_some() || auth.password.is_some(),
+            ),
+            (
+                "impersonation",
+                auth.impersonate.is_some()
+                    || auth.impersonate_uid.is_some()
+                    || auth.impersonate_groups.is_some(),
+            ),
+        ];
+        if let Some((what, _)) = refused.iter().find(|(_, present)| *present) {
+            return Err(format!(
+                "user {:?} uses {what}, which a link may not: use an inline token or client-certificate-data",
+                named.name
+            ));
+        }
+    }
+    for named in &kubeconfig.clusters {
+        let Some(cluster) = &named.cluster else {
+            continue;
+        };
+        let refused = [
+            (
+                "certificate-authority (a file)",
+                cluster.certificate_authority.is_some(),
+            ),
+            ("proxy-url", cluster.proxy_url.is_some()),
+            (
+                "insecure-skip-tls-verify",
+                cluster.insecure_skip_tls_verify == Some(true),
+            ),
+        ];
+        if let Some((what, _)) = refused.iter().find(|(_, present)| *present) {
+            return Err(format!(
+                "cluster {:?} uses {what}, which a link may not: use certificate-authority-data and a direct server URL",
+                named.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileError> {
     let name = link.name_any();
     let mut conditions = Conditions::new(link);
-    let valid = match link::validate(
+    // The remote bundle the running worker accepted, if any: it outlives the Link's own.
+    let current = context
+        .running
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&name)
+        .filter(|running| running.remote_bundle)
+        .map(|running| running.bundle.0.clone());
+    let valid = match link::validate_with(
         link,
         &context.config.cluster,
         &context.config.trust_domain,
         SystemTime::now(),
+        current.as_ref(),
     ) {
         Ok(valid) => valid,
         Err(problem) => {
@@ -386,7 +471,34 @@ async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileE
             return Ok(Action::requeue(RESYNC));
         }
     };
+    if let Some(older) = older_link_of(context, link, &valid.cluster) {
+        stop(context, &name);
+        conditions.set(
+            condition::VALID,
+            false,
+            "DuplicateCluster",
+            &format!(
+                "Link {older} already links cluster {}: delete one of the two",
+                valid.cluster
+            ),
+        );
+        write_status(context, link, conditions.finish()).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
     conditions.set(condition::VALID, true, "Valid", "the link's spec is usable");
+
+    // A Link that now names another cluster: the old cluster's mirrors and trust go.
+    let previous = context
+        .running
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&name)
+        .map(|running| running.cluster.clone());
+    if let Some(old) = previous.filter(|old| *old != valid.cluster) {
+        stop(context, &name);
+        let removed = delete_mirrors_of(context, &old).await?;
+        tracing::info!(link = %name, %old, new = %valid.cluster, removed, "the link names another cluster; the old cluster's mirrors are removed");
+    }
 
     let (client, secret) = match remote_client(context, &valid).await {
         Ok(found) => found,
@@ -423,6 +535,7 @@ async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileE
         // reported and the last good one kept.
         if let Some(Ok((set, roots))) = &state.bundle {
             entry.bundle = (set.clone(), roots.clone());
+            entry.remote_bundle = true;
         }
         let health = entry.probe.health.borrow().clone();
         (state, health, entry.bundle.clone())
@@ -624,7 +737,7 @@ fn start(
         changed.clone(),
     );
     let reference = ObjectRef::from_obj(link);
-    let (weak, mut health) = (Arc::downgrade(context), probe.health.clone());
+    let (wake, mut health) = (context.wake.clone(), probe.health.clone());
     let forward = tokio::spawn(async move {
         let mut probing = true;
         loop {
@@ -632,21 +745,10 @@ fn start(
                 () = changed.notified() => {}
                 result = health.changed(), if probing => probing = result.is_ok(),
             }
-            // Bursts of changes become one status write.
+            // Bursts of changes become one reconcile.
             tokio::time::sleep(STATUS_DEBOUNCE).await;
-            let Some(context) = weak.upgrade() else {
+            if wake.send(reference.clone()).is_err() {
                 return;
-            };
-            let link = context.links.get().and_then(|store| store.get(&reference));
-            let Some(link) = link else {
-                tracing::debug!(link = %reference.name, "status refresh: the link is not in the store");
-                continue;
-            };
-            let live = link.metadata.deletion_timestamp.is_none()
-                && link.finalizers().iter().any(|f| f == FINALIZER);
-            tracing::debug!(link = %reference.name, live, "status refresh");
-            if live && let Err(error) = apply(&link, &context).await {
-                tracing::warn!(link = %reference.name, %error, "status refresh failed");
             }
         }
     });
@@ -657,10 +759,35 @@ fn start(
         probe,
         _forward: forward,
         bundle: (valid.bundle.clone(), valid.bundle.root_infos()),
+        remote_bundle: false,
     }
 }
 
 /// Stops whatever runs for the Link `name`.
+/// The Link that links `cluster` already, if one older than `link` does (by creation time,
+/// then name): that one is served and the others are refused.
+fn older_link_of(context: &Context, link: &Link, cluster: &str) -> Option<String> {
+    let store = context.links.get()?;
+    let key = |l: &Link| {
+        (
+            l.metadata.creation_timestamp.clone().map(|t| t.0),
+            l.name_any(),
+        )
+    };
+    let mine = key(link);
+    store
+        .state()
+        .into_iter()
+        .filter(|other| other.name_any() != link.name_any())
+        .filter(|other| other.metadata.deletion_timestamp.is_none())
+        .filter(|other| other.spec.cluster_name == cluster)
+        .filter(|other| key(other) < mine)
+        .map(|other| other.name_any())
+        .min()
+}
+
+/// Stops whatever runs for the Link `name`, and stops trusting its domain: a Link that is not
+/// valid links nothing (its mirrors are kept until it is fixed or deleted).
 fn stop(context: &Context, name: &str) {
     let removed = context
         .running
@@ -669,7 +796,16 @@ fn stop(context: &Context, name: &str) {
         .remove(name);
     if let Some(running) = removed {
         tracing::info!(link = %name, cluster = %running.cluster, "stopped the link's remote watches");
+        forget(context, &running.cluster);
     }
+}
+
+/// Drops a cluster's trust bundle and gauges.
+fn forget(context: &Context, cluster: &str) {
+    context.config.metrics.remove(cluster);
+    context
+        .bundles
+        .send_if_modified(|bundles| bundles.remove(cluster).is_some());
 }
 
 async fn cleanup(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileError> {
@@ -812,7 +948,9 @@ impl Conditions {
     }
 }
 
-/// Writes `status` if it differs from the Link's.
+/// Writes `status` if it differs from the Link's, with server-side apply: fields the controller
+/// wrote before and no longer sets (a probe latency that is gone) are removed, which a merge
+/// patch would leave in place.
 async fn write_status(
     context: &Context,
     link: &Link,
@@ -822,11 +960,15 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<Link> = Api::namespaced(context.client.clone(), &context.config.namespace);
-    let patch = serde_json::json!({ "status": status });
+    let patch = serde_json::json!({
+        "apiVersion": "multicluster.mesh.io/v1alpha1",
+        "kind": "Link",
+        "status": status,
+    });
     api.patch_status(
         &link.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &PatchParams::apply(crate::mirror::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
     )
     .await?;
     Ok(())
@@ -836,6 +978,57 @@ async fn write_status(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubeconfigs_that_run_code_read_files_or_skip_tls_are_refused() {
+        let base = |user: &str, cluster: &str| {
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: east\n  cluster:\n    server: https://10.0.0.1:6443\n{cluster}contexts:\n- name: east\n  context: {{cluster: east, user: east}}\ncurrent-context: east\nusers:\n- name: east\n  user:\n{user}"
+            )
+        };
+        let ok = base("    token: abc\n", "    certificate-authority-data: AAAA\n");
+        assert_eq!(
+            check_kubeconfig(&Kubeconfig::from_yaml(&ok).unwrap()),
+            Ok(())
+        );
+        for (user, cluster, named) in [
+            (
+                "    exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}\n",
+                "",
+                "exec",
+            ),
+            (
+                "    tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token\n",
+                "",
+                "tokenFile",
+            ),
+            (
+                "    client-certificate: /etc/passwd\n    client-key: /etc/passwd\n",
+                "",
+                "client-certificate",
+            ),
+            ("    token: abc\n    as: admin\n", "", "impersonation"),
+            (
+                "    token: abc\n",
+                "    insecure-skip-tls-verify: true\n",
+                "insecure-skip-tls-verify",
+            ),
+            (
+                "    token: abc\n",
+                "    proxy-url: http://10.9.9.9:3128\n",
+                "proxy-url",
+            ),
+            (
+                "    token: abc\n",
+                "    certificate-authority: /etc/ssl/ca.pem\n",
+                "certificate-authority",
+            ),
+        ] {
+            let kubeconfig = Kubeconfig::from_yaml(&base(user, cluster)).unwrap();
+            let refused = check_kubeconfig(&kubeconfig).unwrap_err();
+            assert!(refused.contains(named), "{named}: {refused}");
+        }
+    }
 
     #[test]
     fn ready_sums_up_and_transition_times_are_kept() {

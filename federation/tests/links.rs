@@ -453,6 +453,44 @@ async fn bad_links_and_bad_credentials_get_conditions() {
     })
     .await;
     assert!(message.contains("no such host!"), "{message}");
+
+    // A kubeconfig that would run a command in the controller: refused, named.
+    links
+        .patch(
+            "east",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"gateway": {"addresses": ["127.0.0.1"]}}})),
+        )
+        .await
+        .unwrap();
+    let exec = "apiVersion: v1\nkind: Config\nclusters:\n- name: e\n  cluster: {server: 'https://127.0.0.1:1'}\ncontexts:\n- name: e\n  context: {cluster: e, user: e}\ncurrent-context: e\nusers:\n- name: e\n  user:\n    exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/touch, args: [/tmp/pwned]}\n";
+    put_credentials(&west, exec).await;
+    let (_, message) = eventually("an exec condition", || async {
+        link_condition(&west, condition::CREDENTIALS_VALID)
+            .await
+            .filter(|(status, m)| status == "False" && m.contains("exec"))
+    })
+    .await;
+    assert!(message.contains("inline token"), "{message}");
+
+    // A second Link of the same cluster: the older one is served, the newer one refused.
+    let mut twin = link(&east_root_pem());
+    twin.metadata.name = Some("east-again".into());
+    links.create(&PostParams::default(), &twin).await.unwrap();
+    let message = eventually("a duplicate condition", || async {
+        let link = links.get_opt("east-again").await.unwrap()?;
+        let valid = link
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == condition::VALID && c.status == "False")?;
+        Some(valid.message)
+    })
+    .await;
+    assert!(
+        message.contains("Link east already links cluster east"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
