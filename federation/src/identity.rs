@@ -4,8 +4,10 @@
 //! token, a node, an expired or forged token) is refused; an API server that cannot be asked
 //! makes the check unavailable, not passed.
 //!
-//! The token may be bound to audiences: [`TokenReviewValidator::audiences`] are sent along and
-//! the API server checks them.
+//! The token may be bound to audiences: [`TokenReviewValidator::audiences`] are sent along, and
+//! the answer must name at least one of them in `status.audiences` (an authenticator that
+//! ignores audiences answers with none, and such a token is refused: it was not made for the
+//! mesh). Without configured audiences the API server's default audience applies.
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
@@ -54,6 +56,30 @@ pub fn service_account_of(username: &str) -> Option<ServiceAccount> {
     })
 }
 
+/// With `configured` audiences, the review must grant at least one of them.
+///
+/// # Errors
+///
+/// When none of the configured audiences was granted.
+pub fn check_audiences(
+    configured: &[String],
+    granted: Option<&[String]>,
+) -> Result<(), TokenError> {
+    if configured.is_empty() {
+        return Ok(());
+    }
+    if granted
+        .unwrap_or_default()
+        .iter()
+        .any(|a| configured.contains(a))
+    {
+        return Ok(());
+    }
+    Err(TokenError::Invalid(format!(
+        "the token is not bound to any of the audiences {configured:?}: mount a projected service-account token with one of them"
+    )))
+}
+
 impl TokenValidator for TokenReviewValidator {
     async fn validate(&self, token: &[u8]) -> Result<ServiceAccount, TokenError> {
         let token = std::str::from_utf8(token)
@@ -82,6 +108,7 @@ impl TokenValidator for TokenReviewValidator {
                 .unwrap_or_else(|| "the API server did not authenticate the token".into());
             return Err(TokenError::Invalid(reason));
         }
+        check_audiences(&self.audiences, status.audiences.as_deref())?;
         let username = status.user.and_then(|u| u.username).unwrap_or_default();
         service_account_of(&username).ok_or_else(|| {
             TokenError::Invalid(format!(
@@ -94,6 +121,19 @@ impl TokenValidator for TokenReviewValidator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configured_audience_must_be_granted() {
+        let mesh = vec!["identity.mesh.io".to_owned()];
+        assert!(check_audiences(&[], None).is_ok());
+        assert!(check_audiences(&mesh, Some(&mesh)).is_ok());
+        // An authenticator that ignores audiences grants none: refused.
+        assert!(check_audiences(&mesh, None).is_err());
+        assert!(check_audiences(&mesh, Some(&[])).is_err());
+        assert!(
+            check_audiences(&mesh, Some(&["https://kubernetes.default.svc".to_owned()])).is_err()
+        );
+    }
 
     #[test]
     fn only_service_accounts_are_identities() {

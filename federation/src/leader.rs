@@ -3,18 +3,20 @@
 //! every replica serves reads (discovery, DNS, identity, bundles).
 //!
 //! The algorithm is client-go's: a replica that finds the Lease free, or held by someone whose
-//! `renewTime + leaseDurationSeconds` has passed, takes it; the holder renews it every
+//! record it has seen unchanged for `leaseDurationSeconds` *by its own clock* (so clock skew
+//! between nodes does not matter), takes it; the holder renews it every
 //! [`LeaderConfig::retry_period`]; every write is a replace with the Lease's resourceVersion, so
-//! two candidates can never both win a round. A holder that cannot renew within
-//! [`LeaderConfig::renew_deadline`] steps down on its own before anyone else may take over
-//! (the deadline is shorter than the lease duration). On shutdown the holder releases the Lease
-//! (empty holder), so a successor takes over at once instead of after a lease duration.
+//! two candidates can never both win a round. Each round is bounded by what is left of
+//! [`LeaderConfig::renew_deadline`], and a holder that has not renewed within it steps down on
+//! its own, even while a request hangs, before anyone else may take over (the deadline is shorter
+//! than the lease duration). On shutdown the holder releases the Lease (empty holder), so a
+//! successor takes over at once instead of after a lease duration.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
@@ -72,9 +74,10 @@ pub enum Round {
     },
 }
 
-/// Decides a round from the Lease as read (`None`: there is none) at `now`. Plain data, so the
-/// rules are tested without an API server.
-pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp) -> Round {
+/// Decides a round from the Lease as read (`None`: there is none), given how long this replica
+/// has seen its current record unchanged. Plain data, so the rules are tested without an API
+/// server.
+pub fn decide(lease: Option<&Lease>, identity: &str, unchanged_for: Duration) -> Round {
     let Some(lease) = lease else {
         return Round::Create;
     };
@@ -86,14 +89,8 @@ pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp) -> Round {
     if holder.is_empty() {
         return Round::Take { renew: false };
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    let expired = spec.renew_time.is_none_or(|renewed| {
-        renewed
-            .0
-            .checked_add(SignedDuration::from_secs(duration))
-            .is_ok_and(|until| until < now)
-    });
-    if expired {
+    let duration = u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0);
+    if unchanged_for >= Duration::from_secs(duration) {
         Round::Take { renew: false }
     } else {
         Round::Follow { holder }
@@ -139,8 +136,19 @@ pub async fn run(
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut last_renewal: Option<Instant> = None;
+    let mut observed: Option<Observed> = None;
     loop {
-        let won = round(&api, &config).await;
+        // A round may take what is left of the renew deadline, no more: a hung request must
+        // not keep a leader that can no longer renew.
+        let started = Instant::now();
+        let budget = match last_renewal {
+            Some(at) => (at + config.renew_deadline).saturating_duration_since(started),
+            None => config.renew_deadline,
+        };
+        let won = match tokio::time::timeout(budget, round(&api, &config, &mut observed)).await {
+            Ok(result) => result,
+            Err(_) => Err(RoundError::Timeout(budget)),
+        };
         let now = Instant::now();
         match won {
             Ok(true) => last_renewal = Some(now),
@@ -174,11 +182,50 @@ pub async fn run(
     }
 }
 
+/// A Lease record as this replica last saw it: its resourceVersion, and since when (by this
+/// replica's clock) it has been that.
+#[derive(Debug)]
+struct Observed {
+    version: Option<String>,
+    since: Instant,
+}
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// One round; whether we hold the Lease after it.
-async fn round(api: &Api<Lease>, config: &LeaderConfig) -> Result<bool, kube::Error> {
+async fn round(
+    api: &Api<Lease>,
+    config: &LeaderConfig,
+    observed: &mut Option<Observed>,
+) -> Result<bool, RoundError> {
     let current = api.get_opt(&config.name).await?;
+    let version = current
+        .as_ref()
+        .and_then(|lease| lease.metadata.resource_version.clone());
+    let seen = Instant::now();
+    let since = match observed.as_ref() {
+        Some(previous) if previous.version == version => previous.since,
+        _ => {
+            *observed = Some(Observed {
+                version,
+                since: seen,
+            });
+            seen
+        }
+    };
     let now = Timestamp::now();
-    let result = match decide(current.as_ref(), &config.identity, now) {
+    let result = match decide(
+        current.as_ref(),
+        &config.identity,
+        seen.duration_since(since),
+    ) {
         Round::Create => {
             api.create(&PostParams::default(), &ours(config, None, false, now))
                 .await
@@ -197,7 +244,7 @@ async fn round(api: &Api<Lease>, config: &LeaderConfig) -> Result<bool, kube::Er
         Ok(_) => Ok(true),
         // Someone else wrote first (409 Conflict, or 409 AlreadyExists on create): not us.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(error) => Err(error),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -234,6 +281,7 @@ async fn release(api: &Api<Lease>, config: &LeaderConfig) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::SignedDuration;
 
     fn lease(holder: &str, renewed_secs_ago: i64, duration: i32) -> Lease {
         let now = Timestamp::now();
@@ -253,22 +301,29 @@ mod tests {
 
     #[test]
     fn rounds() {
-        let now = Timestamp::now();
-        assert_eq!(decide(None, "a", now), Round::Create);
+        let secs = Duration::from_secs;
+        assert_eq!(decide(None, "a", secs(0)), Round::Create);
         assert_eq!(
-            decide(Some(&lease("a", 1, 15)), "a", now),
+            decide(Some(&lease("a", 1, 15)), "a", secs(0)),
             Round::Take { renew: true }
         );
         assert_eq!(
-            decide(Some(&lease("b", 1, 15)), "a", now),
+            decide(Some(&lease("b", 1, 15)), "a", secs(1)),
             Round::Follow { holder: "b".into() }
         );
+        // Expiry is judged by how long this replica has seen the record unchanged, not by the
+        // holder's clock: a renewTime far in the past (skew) does not make it expired...
         assert_eq!(
-            decide(Some(&lease("b", 20, 15)), "a", now),
+            decide(Some(&lease("b", 3600, 15)), "a", secs(1)),
+            Round::Follow { holder: "b".into() }
+        );
+        // ...and an unchanged record for a lease duration does.
+        assert_eq!(
+            decide(Some(&lease("b", 1, 15)), "a", secs(15)),
             Round::Take { renew: false }
         );
         assert_eq!(
-            decide(Some(&lease("", 1, 15)), "a", now),
+            decide(Some(&lease("", 1, 15)), "a", secs(0)),
             Round::Take { renew: false }
         );
     }

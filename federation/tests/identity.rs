@@ -47,7 +47,7 @@ async fn a_service_account_token_proves_its_own_identity_and_nothing_else() {
         .cluster()
         .issue_service_account_token("shop", "web")
         .unwrap();
-    let validator = TokenReviewValidator::new(client, Vec::new());
+    let validator = TokenReviewValidator::new(client.clone(), Vec::new());
     assert_eq!(
         validator.validate(token.as_bytes()).await.unwrap(),
         ServiceAccount {
@@ -72,6 +72,10 @@ async fn a_service_account_token_proves_its_own_identity_and_nothing_else() {
         validator.validate(&[0xff, 0xfe]).await.unwrap_err(),
         TokenError::Invalid(_)
     ));
+
+    // Bound to the mesh's audience: the API server grants it, and the token proves the same.
+    let bound = TokenReviewValidator::new(client.clone(), vec!["identity.mesh.io".into()]);
+    assert_eq!(bound.validate(token.as_bytes()).await.unwrap().name, "web");
 
     // Through the identity service: the token's own identity is signed, another is refused.
     let west = TrustDomain::new("west.local").unwrap();

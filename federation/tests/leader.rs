@@ -77,7 +77,7 @@ async fn until(what: &str, check: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_leads_and_leadership_moves_when_it_stops_or_dies() {
-    let (_cluster, client) = cluster().await;
+    let (api_server, client) = cluster().await;
     let mut a = replica(&client, "a");
     let mut b = replica(&client, "b");
     until("a leader", || *a.leading.borrow() || *b.leading.borrow()).await;
@@ -121,6 +121,20 @@ async fn one_replica_leads_and_leadership_moves_when_it_stops_or_dies() {
     assert!(
         died.elapsed() >= Duration::from_millis(1500),
         "not before the lease expired"
+    );
+
+    // The API server goes away: the leader cannot renew, and steps down by itself once its
+    // renew deadline has passed, before any other replica could take over.
+    let lost = Instant::now();
+    api_server.shutdown().await.unwrap();
+    until("c steps down", || !*c.leading.borrow()).await;
+    eprintln!(
+        "stepped down {:?} after the API server went away",
+        lost.elapsed()
+    );
+    assert!(
+        lost.elapsed() < Duration::from_secs(2),
+        "within the lease duration"
     );
     let _ = c.stop.take().unwrap().send(());
     c.task.await.unwrap();
