@@ -23,7 +23,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
@@ -240,8 +240,16 @@ impl Links {
         shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     ) {
         let Self { context, wake, .. } = self;
-        context.cache.wait_ready().await;
-        collect_orphans(&context).await;
+        // Losing the lead (or shutting down) during start-up ends start-up too.
+        let shutdown = shutdown.shared();
+        let started = async {
+            context.cache.wait_ready().await;
+            collect_orphans(&context).await;
+        };
+        tokio::select! {
+            () = shutdown.clone() => return,
+            () = started => {}
+        }
 
         let namespace = context.config.namespace.clone();
         let links: Api<Link> = Api::namespaced(context.client.clone(), &namespace);
