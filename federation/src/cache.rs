@@ -8,7 +8,8 @@
 //! Each kind is watched across all namespaces with kube-runtime's watcher (relists after
 //! `410 Gone`, backs off on errors). A kind that cannot be watched (its CRD is not installed, the
 //! service account lacks the permission, the API is down) is logged and retried; the other kinds
-//! carry on, and [`Cache::ready`] stays false until every kind has listed once.
+//! carry on, and [`Cache::ready`] stays false until every kind has listed once. The watch loop
+//! itself (`watch_into_store`) is the one the link workers run on linked clusters too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -121,45 +122,87 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
-    let api: Api<K> = Api::all(client.clone());
     let kind = K::kind(&()).into_owned();
     let (changes, listed) = (changes.clone(), listed.clone());
-    tasks.spawn(async move {
-        let mut first_list = true;
-        let mut last_error: Option<String> = None;
-        let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff();
-        futures_util::pin_mut!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::InitDone) if first_list => {
+    let mut first_list = true;
+    let mut last_error: Option<String> = None;
+    watch_into_store(
+        tasks,
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        move |progress| match progress {
+            WatchProgress::Listing => {}
+            WatchProgress::Listed | WatchProgress::Changed => {
+                if first_list && matches!(progress, WatchProgress::Listed) {
                     first_list = false;
                     listed.fetch_add(1, Ordering::AcqRel);
-                    changes.send_modify(|generation| *generation += 1);
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => {
-                    last_error = None;
-                    changes.send_modify(|generation| *generation += 1);
-                }
-                Err(error) => {
-                    // Said once per distinct error, not at every retry.
-                    let text = error.to_string();
-                    if last_error.as_deref() != Some(&text) {
-                        let missing = matches!(
-                            &error,
-                            watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404
-                        );
-                        if missing {
-                            tracing::warn!(%kind, "the API does not serve {kind}: install the mesh CRDs (`mesh crds | kubectl apply -f -`); retrying");
-                        } else {
-                            tracing::warn!(%kind, error = %text, "watch failed; retrying");
-                        }
-                        last_error = Some(text);
+                last_error = None;
+                changes.send_modify(|generation| *generation += 1);
+            }
+            WatchProgress::Failed(error) => {
+                // Said once per distinct error, not at every retry.
+                let text = error.to_string();
+                if last_error.as_deref() != Some(&text) {
+                    let missing = matches!(
+                        error,
+                        watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404
+                    );
+                    if missing {
+                        tracing::warn!(%kind, "the API does not serve {kind}: install the mesh CRDs (`mesh crds | kubectl apply -f -`); retrying");
+                    } else {
+                        tracing::warn!(%kind, error = %text, "watch failed; retrying");
                     }
+                    last_error = Some(text);
                 }
             }
+        },
+    )
+}
+
+/// What a watch tells its owner, besides keeping its store.
+#[derive(Debug)]
+pub(crate) enum WatchProgress<'a> {
+    /// A list (the first, or one after `410 Gone` or a failure) is under way: the API answers,
+    /// and the store is not complete yet.
+    Listing,
+    /// A list completed: the store holds every object.
+    Listed,
+    /// An object was added, changed or deleted after a list.
+    Changed,
+    /// The watch failed; it is retried after a backoff.
+    Failed(&'a watcher::Error),
+}
+
+/// Watches `api` with kube-runtime's watcher (relists after `410 Gone`, backs off on errors)
+/// into a new store, in a task of `tasks`, telling `progress` of every step: the one watcher
+/// loop of the controller, for the local cache and the linked clusters alike.
+pub(crate) fn watch_into_store<K>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    mut progress: impl FnMut(WatchProgress<'_>) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    tasks.spawn(async move {
+        let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
+        futures_util::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            progress(match &event {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => WatchProgress::Listing,
+                Ok(watcher::Event::InitDone) => WatchProgress::Listed,
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => WatchProgress::Changed,
+                Err(error) => WatchProgress::Failed(error),
+            });
         }
     });
     reader

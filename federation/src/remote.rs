@@ -4,9 +4,12 @@
 //! reconciler replaces it when either changes, and drops it when the Link goes). It watches, in
 //! the remote cluster, the Services its export selector picks, every EndpointSlice (for
 //! readiness and per-pod names) and the ConfigMap that publishes the remote trust bundle, each
-//! with kube-runtime's watcher (relist after 410, backoff on errors).
+//! with the watch loop the local cache uses (kube-runtime's watcher: relist after 410, backoff
+//! on errors). A failed request means refused credentials on 401 and 403, an unreachable
+//! remote otherwise, for watches and the periodic check alike.
 //!
-//! After any change, remote or local, or a change of the remote gateway's probe state, it
+//! After any change, remote or local, or when the remote gateway starts or stops counting as
+//! alive (not at every probe: the probes' times and latencies do not concern mirrors), it
 //! computes every mirror ([`mirror::desired`]) and writes those that differ from the local
 //! cache, then deletes this cluster's mirrors that are no longer wanted. Nothing is computed
 //! before both remote lists have completed once, so a slow or unreachable remote API never
@@ -15,7 +18,9 @@
 //!
 //! Writes go through a bounded, deduplicating work queue: one entry per mirror, at most
 //! [`CONCURRENCY`] writes at a time, and a mirror whose write failed is retried after a
-//! doubling delay (up to [`MAX_RETRY_DELAY`]) while the others carry on.
+//! doubling delay (up to [`MAX_RETRY_DELAY`]) while the others carry on. A failed mirror's
+//! last problem is reported in every pass until a write succeeds (sorted, so the same problems
+//! read the same), so the Link's `Mirrored` condition does not flap between retries.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,8 +29,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use mesh_trust::TrustBundleSet;
 use mesh_trust::bundle::RootInfo;
@@ -33,7 +38,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cache::Cache;
+use crate::cache::{self, Cache, WatchProgress};
 use crate::link::{self, ValidLink};
 use crate::mirror::{self, Mirror, MirrorProblem, MirrorWriter, SERVICE_NAME_LABEL};
 use crate::probe::GatewayHealth;
@@ -85,18 +90,37 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
-    fn from_watch(error: &watcher::Error) -> Self {
-        let api_code = match error {
-            watcher::Error::InitialListFailed(kube::Error::Api(status))
-            | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-            | watcher::Error::WatchFailed(kube::Error::Api(status)) => Some(status.code),
-            watcher::Error::WatchError(status) => Some(status.code),
-            _ => None,
-        };
-        match api_code {
-            Some(401 | 403) => Self::Credentials(error.to_string()),
-            _ => Self::Unreachable(error.to_string()),
+    /// The one classification of a failed request: 401 and 403 are the credentials' fault,
+    /// anything else (no answer, a 5xx, a broken stream) counts as unreachability.
+    fn classify(status_code: Option<u16>, message: String) -> Self {
+        match status_code {
+            Some(401 | 403) => Self::Credentials(message),
+            _ => Self::Unreachable(message),
         }
+    }
+
+    fn status_code(error: &kube::Error) -> Option<u16> {
+        match error {
+            kube::Error::Api(status) => Some(status.code),
+            _ => None,
+        }
+    }
+
+    /// Why a request failed.
+    fn from_kube(error: &kube::Error) -> Self {
+        Self::classify(Self::status_code(error), error.to_string())
+    }
+
+    /// Why a watch failed.
+    fn from_watch(error: &watcher::Error) -> Self {
+        let status_code = match error {
+            watcher::Error::InitialListFailed(error)
+            | watcher::Error::WatchStartFailed(error)
+            | watcher::Error::WatchFailed(error) => Self::status_code(error),
+            watcher::Error::WatchError(status) => Some(status.code),
+            watcher::Error::NoResourceVersion => None,
+        };
+        Self::classify(status_code, error.to_string())
     }
 }
 
@@ -164,6 +188,7 @@ impl LinkWorker {
             slices,
             bundles,
             reach,
+            last_alive: true,
             retries: HashMap::new(),
         };
         tasks.spawn(pass.run(wake, state_tx, changed));
@@ -221,10 +246,7 @@ async fn check_remote(remote: Client, wake: Arc<Notify>, reach: Arc<Reach>) {
         let answer = tokio::time::timeout(CHECK_TIMEOUT, remote.apiserver_version()).await;
         let error = match answer {
             Ok(Ok(_)) => None,
-            Ok(Err(kube::Error::Api(status))) if matches!(status.code, 401 | 403) => {
-                Some(RemoteError::Credentials(status.message))
-            }
-            Ok(Err(error)) => Some(RemoteError::Unreachable(error.to_string())),
+            Ok(Err(error)) => Some(RemoteError::from_kube(&error)),
             Err(_) => Some(RemoteError::Unreachable(format!(
                 "no answer to a version request within {CHECK_TIMEOUT:?}"
             ))),
@@ -248,7 +270,8 @@ async fn check_remote(remote: Client, wake: Arc<Notify>, reach: Arc<Reach>) {
     }
 }
 
-/// Starts one remote watch into a store; every event wakes the pass.
+/// Starts one remote watch into a store; every change, completed list and failure wakes the
+/// pass.
 fn watch_remote<K>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
@@ -265,43 +288,35 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
     let kind: &'static str = match K::kind(&()).as_ref() {
         "Service" => "Service",
         "EndpointSlice" => "EndpointSlice",
         _ => "ConfigMap",
     };
     let (wake, reach) = (wake.clone(), reach.clone());
-    tasks.spawn(async move {
-        let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
-        futures_util::pin_mut!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) => {
-                    let listed = matches!(event, watcher::Event::InitDone);
-                    reach.update(|state| {
-                        state.answered = true;
-                        state.errors.remove(kind);
-                        if listed {
-                            state.listed.insert(kind);
-                        }
-                    });
-                    if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
-                        wake.notify_one();
-                    }
+    cache::watch_into_store(tasks, api, config, move |progress| match progress {
+        WatchProgress::Listing | WatchProgress::Listed | WatchProgress::Changed => {
+            let listed = matches!(progress, WatchProgress::Listed);
+            reach.update(|state| {
+                state.answered = true;
+                state.errors.remove(kind);
+                if listed {
+                    state.listed.insert(kind);
                 }
-                Err(error) => {
-                    let error = RemoteError::from_watch(&error);
-                    tracing::debug!(kind, %error, "remote watch failed; retrying");
-                    reach.update(|state| {
-                        state.errors.insert(kind, error);
-                    });
-                    wake.notify_one();
-                }
+            });
+            if !matches!(progress, WatchProgress::Listing) {
+                wake.notify_one();
             }
         }
-    });
-    reader
+        WatchProgress::Failed(error) => {
+            let error = RemoteError::from_watch(error);
+            tracing::debug!(kind, %error, "remote watch failed; retrying");
+            reach.update(|state| {
+                state.errors.insert(kind, error);
+            });
+            wake.notify_one();
+        }
+    })
 }
 
 /// The pass: remote lists in, mirrors out.
@@ -310,12 +325,42 @@ struct Pass {
     writer: MirrorWriter,
     cache: Cache,
     alive: watch::Receiver<GatewayHealth>,
+    /// Whether the remote gateway was alive in the last pass: only a change of it concerns the
+    /// mirrors (every probe changes the rest of [`GatewayHealth`]).
+    last_alive: bool,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     bundles: Store<ConfigMap>,
     reach: Arc<Reach>,
-    /// Mirrors whose last write failed: attempts so far and when to try again.
-    retries: HashMap<(String, String), (u32, Instant)>,
+    /// Mirrors whose last write failed.
+    retries: HashMap<(String, String), Retry>,
+}
+
+/// A mirror whose last write failed.
+#[derive(Debug)]
+struct Retry {
+    /// Failed attempts so far.
+    attempts: u32,
+    /// When to try again.
+    at: Instant,
+    /// Why the last attempt failed: reported in every pass until a write succeeds, not only in
+    /// the passes that retry.
+    problem: MirrorProblem,
+}
+
+/// Waits until the gateway's `alive` differs from `last`, ignoring every other change of its
+/// health (each probe changes its time and latency; recomputing every mirror for that would
+/// cost a pass per probe period). Fails when the probes' sender is gone.
+async fn alive_flip(
+    health: &mut watch::Receiver<GatewayHealth>,
+    last: bool,
+) -> Result<(), watch::error::RecvError> {
+    loop {
+        health.changed().await?;
+        if health.borrow_and_update().alive != last {
+            return Ok(());
+        }
+    }
 }
 
 impl Pass {
@@ -337,11 +382,13 @@ impl Pass {
             }) {
                 changed.notify_one();
             }
-            let retry_at = self.retries.values().map(|(_, at)| *at).min();
+            let retry_at = self.retries.values().map(|retry| retry.at).min();
             tokio::select! {
                 () = wake.notified() => {}
                 changed = local.changed() => if changed.is_err() { return },
-                changed = self.alive.changed(), if probing => probing = changed.is_ok(),
+                flipped = alive_flip(&mut self.alive, self.last_alive), if probing => {
+                    probing = flipped.is_ok();
+                }
                 () = sleep_until(retry_at) => {}
             }
         }
@@ -361,14 +408,8 @@ impl Pass {
         }
         state.synced = true;
         let alive = self.alive.borrow_and_update().alive;
-        let mut slices_by_service: HashMap<(String, String), Vec<Arc<EndpointSlice>>> =
-            HashMap::new();
-        for slice in self.slices.state() {
-            if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
-                let key = (slice.namespace().unwrap_or_default(), service.clone());
-                slices_by_service.entry(key).or_default().push(slice);
-            }
-        }
+        self.last_alive = alive;
+        let slices_by_service = by_service(self.slices.state());
         let mut wanted: BTreeMap<(String, String), Mirror> = BTreeMap::new();
         let mut problems = Vec::new();
         for service in self.services.state() {
@@ -392,11 +433,13 @@ impl Pass {
         // Writes, CONCURRENCY at a time; a mirror waiting for its retry is left for later.
         let now = Instant::now();
         let cluster = self.link.cluster.clone();
-        let due: Vec<Mirror> = wanted
+        let local_slices = by_service(self.cache.slices.state());
+        let (due, waiting): (Vec<_>, Vec<_>) = wanted
             .iter()
-            .filter(|(key, _)| self.retries.get(*key).is_none_or(|(_, at)| *at <= now))
-            .map(|(_, mirror)| mirror.clone())
-            .collect();
+            .partition(|(key, _)| self.retries.get(*key).is_none_or(|retry| retry.at <= now));
+        let due: Vec<Mirror> = due.into_iter().map(|(_, mirror)| mirror.clone()).collect();
+        let waiting: Vec<(String, String)> =
+            waiting.into_iter().map(|(key, _)| key.clone()).collect();
         let results: Vec<_> = futures_util::stream::iter(due)
             .map(|mirror| {
                 let key = mirror.key();
@@ -404,19 +447,23 @@ impl Pass {
                     .cache
                     .services
                     .get(&ObjectRef::new(&key.1).within(&key.0));
-                let existing_slice = self
-                    .cache
-                    .slices
-                    .get(&ObjectRef::new(&key.1).within(&key.0));
+                // The mirror's slices, and whatever holds the names its slices want.
+                let mut existing_slices = local_slices.get(&key).cloned().unwrap_or_default();
+                for slice in &mirror.slices {
+                    let name = slice.name_any();
+                    if !existing_slices.iter().any(|s| s.name_any() == name)
+                        && let Some(found) =
+                            self.cache.slices.get(&ObjectRef::new(&name).within(&key.0))
+                    {
+                        existing_slices.push(found);
+                    }
+                }
                 let (writer, cluster) = (self.writer.clone(), cluster.clone());
                 async move {
+                    let existing_slices: Vec<&EndpointSlice> =
+                        existing_slices.iter().map(AsRef::as_ref).collect();
                     let result = writer
-                        .apply(
-                            &mirror,
-                            &cluster,
-                            existing.as_deref(),
-                            existing_slice.as_deref(),
-                        )
+                        .apply(&mirror, &cluster, existing.as_deref(), &existing_slices)
                         .await;
                     (key, result)
                 }
@@ -435,31 +482,37 @@ impl Pass {
                     mirrored += 1;
                 }
                 Err(problem) => {
-                    let attempts = self.retries.get(&key).map_or(0, |(n, _)| *n) + 1;
+                    let attempts = self.retries.get(&key).map_or(0, |retry| retry.attempts) + 1;
                     let delay = FIRST_RETRY_DELAY
                         .saturating_mul(1 << attempts.min(16))
                         .min(MAX_RETRY_DELAY);
                     tracing::warn!(cluster = %cluster, %problem, ?delay, "mirror not written; retrying");
-                    self.retries.insert(key, (attempts, Instant::now() + delay));
-                    problems.push(problem);
+                    self.retries.insert(
+                        key,
+                        Retry {
+                            attempts,
+                            at: Instant::now() + delay,
+                            problem,
+                        },
+                    );
                 }
             }
         }
-        // Mirrors still waiting for a retry count as they stand.
-        mirrored += u32::try_from(
-            wanted
-                .keys()
-                .filter(|key| self.retries.get(*key).is_some_and(|(_, at)| *at > now))
-                .filter(|key| {
-                    self.cache
-                        .services
-                        .get(&ObjectRef::new(&key.1).within(&key.0))
-                        .is_some_and(|s| mirror::is_mirror_of(&s, &cluster))
-                })
-                .count(),
-        )
-        .unwrap_or(u32::MAX);
         self.retries.retain(|key, _| wanted.contains_key(key));
+        // Every mirror whose last write failed is a problem in every pass, whether retried in
+        // this one or waiting for its retry, so that the Link's condition does not flap.
+        problems.extend(self.retries.values().map(|retry| retry.problem.clone()));
+        // Mirrors waiting for their retry count as mirrored if they exist, as they stand.
+        let standing = waiting
+            .iter()
+            .filter(|key| {
+                self.cache
+                    .services
+                    .get(&ObjectRef::new(&key.1).within(&key.0))
+                    .is_some_and(|s| mirror::is_mirror_of(&s, &cluster))
+            })
+            .count();
+        mirrored = mirrored.saturating_add(u32::try_from(standing).unwrap_or(u32::MAX));
 
         // This cluster's mirrors nobody wants any more.
         let stale: Vec<(String, String)> = self
@@ -481,11 +534,12 @@ impl Pass {
 
         state.mirrored = mirrored;
         state.problem_count = problems.len();
-        state.problems = problems
-            .iter()
-            .take(MAX_PROBLEMS)
-            .map(MirrorProblem::to_string)
-            .collect();
+        // Sorted, so that the same problems read the same in every pass, whatever order the
+        // writes finished in.
+        let mut messages: Vec<String> = problems.iter().map(MirrorProblem::to_string).collect();
+        messages.sort();
+        messages.truncate(MAX_PROBLEMS);
+        state.problems = messages;
         state
     }
 
@@ -512,9 +566,111 @@ impl Pass {
     }
 }
 
+/// EndpointSlices by the namespace and name of the Service they are labelled with.
+fn by_service(
+    slices: Vec<Arc<EndpointSlice>>,
+) -> HashMap<(String, String), Vec<Arc<EndpointSlice>>> {
+    let mut by_service: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+    for slice in slices {
+        if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
+            let key = (slice.namespace().unwrap_or_default(), service.clone());
+            by_service.entry(key).or_default().push(slice);
+        }
+    }
+    by_service
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn only_a_flip_of_alive_wakes_the_pass() {
+        let (health, mut rx) = watch::channel(GatewayHealth::default());
+        // Each probe changes the time and latency of the last probe: no wake.
+        for millis in [10, 12, 11] {
+            health.send_replace(GatewayHealth {
+                alive: true,
+                latency: Some(Duration::from_millis(millis)),
+                last_probe: Some(SystemTime::now()),
+                last_error: None,
+            });
+            assert!(alive_flip(&mut rx, true).now_or_never().is_none());
+        }
+        // A failed probe that leaves the gateway alive (below the threshold): no wake.
+        health.send_replace(GatewayHealth {
+            last_error: Some("timed out".into()),
+            ..GatewayHealth::default()
+        });
+        assert!(alive_flip(&mut rx, true).now_or_never().is_none());
+        // The gateway counts as down: a wake.
+        health.send_replace(GatewayHealth {
+            alive: false,
+            last_error: Some("3 probes in a row failed".into()),
+            ..GatewayHealth::default()
+        });
+        assert!(matches!(
+            alive_flip(&mut rx, true).now_or_never(),
+            Some(Ok(()))
+        ));
+        // Up and down again before the pass looked: nothing changed for the mirrors.
+        let down = rx.borrow().clone();
+        health.send_replace(GatewayHealth::default());
+        health.send_replace(down);
+        assert!(alive_flip(&mut rx, false).now_or_never().is_none());
+        // Up: a wake.
+        health.send_replace(GatewayHealth::default());
+        assert!(matches!(
+            alive_flip(&mut rx, false).now_or_never(),
+            Some(Ok(()))
+        ));
+        // The probes stopped.
+        drop(health);
+        assert!(matches!(
+            alive_flip(&mut rx, true).now_or_never(),
+            Some(Err(_))
+        ));
+    }
+
+    #[test]
+    fn refusals_of_the_credentials_are_told_apart_the_same_way_for_watches_and_checks() {
+        let status = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: format!("answered {code}"),
+                ..kube::core::Status::default()
+            }))
+        };
+        for code in [401, 403] {
+            assert!(matches!(
+                RemoteError::from_kube(&status(code)),
+                RemoteError::Credentials(_)
+            ));
+            assert!(matches!(
+                RemoteError::from_watch(&watcher::Error::InitialListFailed(status(code))),
+                RemoteError::Credentials(_)
+            ));
+            assert!(matches!(
+                RemoteError::from_watch(&watcher::Error::WatchFailed(status(code))),
+                RemoteError::Credentials(_)
+            ));
+        }
+        assert!(matches!(
+            RemoteError::from_kube(&status(503)),
+            RemoteError::Unreachable(_)
+        ));
+        assert!(matches!(
+            RemoteError::from_watch(&watcher::Error::NoResourceVersion),
+            RemoteError::Unreachable(_)
+        ));
     }
 }
