@@ -548,10 +548,16 @@ async fn a_root_rotation_in_east_reaches_what_west_serves_without_a_new_link() {
     })
     .await;
     assert_eq!(served, west_pki.bundle());
-    assert_eq!(
-        config_map_data(&west, LINKED_BUNDLES_CONFIG_MAP).await,
-        Some(BTreeMap::new())
-    );
+    // The reader drops the domain as soon as its Link goes; the writer empties the ConfigMap
+    // when the reconciler's cleanup reaches it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while config_map_data(&west, LINKED_BUNDLES_CONFIG_MAP).await != Some(BTreeMap::new()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the linked bundles ConfigMap still names east"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy
         .eventually_trusts("east no longer trusted", &new_client, false)
         .await;
