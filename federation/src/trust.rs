@@ -40,11 +40,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use mesh_api::crd::{
     DEFAULT_TRUST_BUNDLE_CONFIG_MAP, Link, TRUST_BUNDLE_CONFIG_MAP_KEY, TRUST_DOMAIN_CONFIG_MAP_KEY,
@@ -57,6 +57,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::cache::WatchProgress;
 use crate::link;
 use crate::links::LinkedBundles;
 use crate::mirror::FIELD_MANAGER;
@@ -315,8 +316,8 @@ async fn write_linked(
     Ok(())
 }
 
-/// Starts a watch into a new store; every event but those of a (re)list in progress wakes
-/// `wake`.
+/// Starts a watch into a new store (the controller's one watcher loop); every event but those of
+/// a (re)list in progress wakes `wake`.
 fn reflect<K>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
@@ -332,21 +333,13 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
     let wake = wake.clone();
     let kind = K::kind(&()).into_owned();
-    tasks.spawn(async move {
-        let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
-        futures_util::pin_mut!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => wake.notify_one(),
-                Err(error) => tracing::warn!(%kind, %error, "watch failed; retrying"),
-            }
-        }
-    });
-    reader
+    crate::cache::watch_into_store(tasks, api, config, move |progress| match progress {
+        WatchProgress::Listing => {}
+        WatchProgress::Listed | WatchProgress::Changed => wake.notify_one(),
+        WatchProgress::Failed(error) => tracing::warn!(%kind, %error, "watch failed; retrying"),
+    })
 }
 
 async fn sleep_until(at: Option<Instant>) {
