@@ -601,64 +601,54 @@ fn describe_remote(
     state: &RemoteState,
     health: &crate::probe::GatewayHealth,
 ) {
-    match &state.reachable {
-        Some(Err(error @ RemoteError::Credentials(_))) => {
-            conditions.set(
-                condition::CREDENTIALS_VALID,
-                false,
-                "Refused",
-                &error.to_string(),
-            );
-            conditions.set(
-                condition::REMOTE_REACHABLE,
+    // (credentials usable, reason, message) and (remote reachable, reason, message).
+    let parsed = (true, "Parsed", "the kubeconfig is usable".to_owned());
+    let (credentials, reachable) = match &state.reachable {
+        Some(Err(error @ RemoteError::Credentials(_))) => (
+            (false, "Refused", error.to_string()),
+            (
                 true,
                 "Answered",
-                "the remote API answered, refusing the credentials",
-            );
-        }
-        Some(Err(error @ RemoteError::Unreachable(_))) => {
-            conditions.set(
-                condition::CREDENTIALS_VALID,
-                true,
-                "Parsed",
-                "the kubeconfig is usable",
-            );
-            conditions.set(
-                condition::REMOTE_REACHABLE,
+                "the remote API answered, refusing the credentials".to_owned(),
+            ),
+        ),
+        Some(Err(error @ RemoteError::Unreachable(_))) => (
+            parsed,
+            (
                 false,
                 "Unreachable",
-                &format!("{error}; mirrors are kept as they were"),
-            );
-        }
-        Some(Ok(())) => {
-            conditions.set(
-                condition::CREDENTIALS_VALID,
+                format!("{error}; mirrors are kept as they were"),
+            ),
+        ),
+        Some(Ok(())) => (
+            (
                 true,
                 "Accepted",
-                "the remote API accepted the credentials",
-            );
-            conditions.set(
-                condition::REMOTE_REACHABLE,
-                true,
-                "Answered",
-                "the remote API answered",
-            );
-        }
-        None => {
-            conditions.set(
-                condition::CREDENTIALS_VALID,
-                true,
-                "Parsed",
-                "the kubeconfig is usable",
-            );
-            conditions.set(
-                condition::REMOTE_REACHABLE,
+                "the remote API accepted the credentials".to_owned(),
+            ),
+            (true, "Answered", "the remote API answered".to_owned()),
+        ),
+        None => (
+            parsed,
+            (
                 false,
                 "Connecting",
-                "waiting for the remote API's first answer",
-            );
-        }
-    }
+                "waiting for the remote API's first answer".to_owned(),
+            ),
+        ),
+    };
+    conditions.set(
+        condition::CREDENTIALS_VALID,
+        credentials.0,
+        credentials.1,
+        &credentials.2,
+    );
+    conditions.set(
+        condition::REMOTE_REACHABLE,
+        reachable.0,
+        reachable.1,
+        &reachable.2,
+    );
     match &state.bundle {
         Some(Err(reason)) => conditions.set(
             condition::TRUST_BUNDLE_VALID,
