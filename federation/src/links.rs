@@ -156,6 +156,8 @@ struct Context {
     writer: MirrorWriter,
     probes: Option<Arc<dyn GatewayHealthSource>>,
     running: Mutex<HashMap<String, Running>>,
+    /// Failed reconciles in a row, per Link: the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
     /// Asks the Controller to reconcile a Link again (its worker's state or its gateway's health
     /// changed), so that reconciles of one Link never overlap.
     wake: mpsc::UnboundedSender<ObjectRef<Link>>,
@@ -219,6 +221,7 @@ impl Links {
                 writer,
                 probes,
                 running: Mutex::new(HashMap::new()),
+                failures: Mutex::new(HashMap::new()),
                 wake: wake_tx,
                 links: std::sync::OnceLock::new(),
                 bundles: bundles_tx,
@@ -289,15 +292,40 @@ impl Links {
     }
 }
 
-fn error_policy(link: Arc<Link>, error: &ReconcileError, _: Arc<Context>) -> Action {
-    tracing::warn!(link = %link.name_any(), %error, "link reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+/// The first retry delay of a failed reconcile, doubled at each failure in a row of that Link.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest retry delay.
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// How long to wait after the `failures`-th failure in a row: doubling from [`FIRST_RETRY`],
+/// capped at [`MAX_RETRY`].
+fn retry_delay(failures: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(MAX_RETRY)
+}
+
+fn error_policy(link: Arc<Link>, error: &ReconcileError, context: Arc<Context>) -> Action {
+    let name = link.name_any();
+    let failures = {
+        let mut failures = context
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = failures.entry(name.clone()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = retry_delay(failures);
+    tracing::warn!(link = %name, %error, failures, ?delay, "link reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
 async fn reconcile(link: Arc<Link>, context: Arc<Context>) -> Result<Action, ReconcileError> {
-    tracing::debug!(link = %link.name_any(), "reconciling");
+    let name = link.name_any();
+    tracing::debug!(link = %name, "reconciling");
     let api: Api<Link> = Api::namespaced(context.client.clone(), &context.config.namespace);
-    finalizer::finalizer(&api, FINALIZER, link, |event| async {
+    let result = finalizer::finalizer(&api, FINALIZER, link, |event| async {
         match event {
             Finalizer::Apply(link) => apply(&link, &context).await,
             Finalizer::Cleanup(link) => cleanup(&link, &context).await,
@@ -307,7 +335,15 @@ async fn reconcile(link: Arc<Link>, context: Arc<Context>) -> Result<Action, Rec
     .map_err(|error| match error {
         finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error,
         other => ReconcileError::Finalizer(other.to_string()),
-    })
+    });
+    if result.is_ok() {
+        context
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&name);
+    }
+    result
 }
 
 /// A Link's spec and Secret as the worker was started with them.
@@ -976,6 +1012,15 @@ async fn write_status(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_reconciles_back_off() {
+        assert_eq!(retry_delay(1), Duration::from_secs(1));
+        assert_eq!(retry_delay(2), Duration::from_secs(2));
+        assert_eq!(retry_delay(5), Duration::from_secs(16));
+        assert_eq!(retry_delay(20), MAX_RETRY);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY);
+    }
 
     #[test]
     fn kubeconfigs_that_run_code_read_files_or_skip_tls_are_refused() {
