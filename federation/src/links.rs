@@ -515,6 +515,20 @@ async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileE
             return Ok(Action::requeue(RESYNC));
         }
     };
+    if let Some((older, theirs)) = older_ambiguous_link_of(context, link, &valid.cluster) {
+        stop(context, &name);
+        conditions.set(
+            condition::VALID,
+            false,
+            "AmbiguousClusterName",
+            &format!(
+                "Link {older} links cluster {theirs:?}, and mirrors of {theirs:?} and {:?} can share names (service \"a\" of \"b-c\" and service \"a-b\" of \"c\" are both mirrored as \"a-b-c\"): rename one of the clusters",
+                valid.cluster
+            ),
+        );
+        write_status(context, link, conditions.finish()).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
     if let Some(older) = older_link_of(context, link, &valid.cluster) {
         stop(context, &name);
         conditions.set(
@@ -820,6 +834,36 @@ fn older_link_of(context: &Context, link: &Link, cluster: &str) -> Option<String
         .min()
 }
 
+/// Whether mirrors of clusters `a` and `b` could share a name: `<svc>-<a>` equals
+/// `<svc'>-<b>` when one cluster name ends with `-` and the other.
+pub fn ambiguous_cluster_names(a: &str, b: &str) -> bool {
+    a != b && (a.ends_with(&format!("-{b}")) || b.ends_with(&format!("-{a}")))
+}
+
+/// An older Link (and its cluster) whose cluster name is ambiguous with `cluster`.
+fn older_ambiguous_link_of(
+    context: &Context,
+    link: &Link,
+    cluster: &str,
+) -> Option<(String, String)> {
+    let store = context.links.get()?;
+    let key = |l: &Link| {
+        (
+            l.metadata.creation_timestamp.clone().map(|t| t.0),
+            l.name_any(),
+        )
+    };
+    let mine = key(link);
+    store
+        .state()
+        .into_iter()
+        .filter(|other| other.metadata.deletion_timestamp.is_none())
+        .filter(|other| ambiguous_cluster_names(&other.spec.cluster_name, cluster))
+        .filter(|other| key(other) < mine)
+        .map(|other| (other.name_any(), other.spec.cluster_name.clone()))
+        .min()
+}
+
 /// Stops whatever runs for the Link `name`, and stops trusting its domain: a Link that is not
 /// valid links nothing (its mirrors are kept until it is fixed or deleted).
 fn stop(context: &Context, name: &str) {
@@ -1012,6 +1056,15 @@ async fn write_status(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_names_that_could_make_the_same_mirror_name_are_ambiguous() {
+        assert!(ambiguous_cluster_names("c", "b-c"));
+        assert!(ambiguous_cluster_names("b-c", "c"));
+        assert!(!ambiguous_cluster_names("east", "west"));
+        assert!(!ambiguous_cluster_names("east", "east"));
+        assert!(!ambiguous_cluster_names("c", "bc"));
+    }
 
     #[test]
     fn failed_reconciles_back_off() {

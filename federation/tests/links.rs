@@ -491,6 +491,22 @@ async fn bad_links_and_bad_credentials_get_conditions() {
         message.contains("Link east already links cluster east"),
         "{message}"
     );
+    // A cluster whose name ends with "-east": its mirrors could take east's names.
+    let mut suffix = link(&east_root_pem());
+    suffix.metadata.name = Some("web-east-link".into());
+    suffix.spec.cluster_name = "web-east".into();
+    links.create(&PostParams::default(), &suffix).await.unwrap();
+    let message = eventually("an ambiguity condition", || async {
+        let link = links.get_opt("web-east-link").await.unwrap()?;
+        let valid = link
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == condition::VALID && c.status == "False")?;
+        Some(valid.message)
+    })
+    .await;
+    assert!(message.contains("rename one of the clusters"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
