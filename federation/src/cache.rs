@@ -194,7 +194,13 @@ where
 {
     let (reader, writer) = reflector::store::<K>();
     tasks.spawn(async move {
-        let events = reflector::reflector(writer, watcher(api, config)).default_backoff();
+        // managedFields are the bulk of an object written by server-side apply, and nothing
+        // here reads them: stores keep objects without.
+        let events = reflector::reflector(
+            writer,
+            watcher(api, config).modify(|object: &mut K| object.meta_mut().managed_fields = None),
+        )
+        .default_backoff();
         futures_util::pin_mut!(events);
         while let Some(event) = events.next().await {
             progress(match &event {
