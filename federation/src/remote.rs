@@ -434,12 +434,13 @@ impl Pass {
         let now = Instant::now();
         let cluster = self.link.cluster.clone();
         let local_slices = by_service(self.cache.slices.state());
+        // The mirrors move into the writes (each is dropped once written); only their keys stay.
+        let wanted_keys: BTreeSet<(String, String)> = wanted.keys().cloned().collect();
         let (due, waiting): (Vec<_>, Vec<_>) = wanted
-            .iter()
-            .partition(|(key, _)| self.retries.get(*key).is_none_or(|retry| retry.at <= now));
-        let due: Vec<Mirror> = due.into_iter().map(|(_, mirror)| mirror.clone()).collect();
-        let waiting: Vec<(String, String)> =
-            waiting.into_iter().map(|(key, _)| key.clone()).collect();
+            .into_iter()
+            .partition(|(key, _)| self.retries.get(key).is_none_or(|retry| retry.at <= now));
+        let due: Vec<Mirror> = due.into_iter().map(|(_, mirror)| mirror).collect();
+        let waiting: Vec<(String, String)> = waiting.into_iter().map(|(key, _)| key).collect();
         let results: Vec<_> = futures_util::stream::iter(due)
             .map(|mirror| {
                 let key = mirror.key();
@@ -498,7 +499,7 @@ impl Pass {
                 }
             }
         }
-        self.retries.retain(|key, _| wanted.contains_key(key));
+        self.retries.retain(|key, _| wanted_keys.contains(key));
         // Every mirror whose last write failed is a problem in every pass, whether retried in
         // this one or waiting for its retry, so that the Link's condition does not flap.
         problems.extend(self.retries.values().map(|retry| retry.problem.clone()));
@@ -522,7 +523,7 @@ impl Pass {
             .into_iter()
             .filter(|service| mirror::is_mirror_of(service, &cluster))
             .map(|service| (service.namespace().unwrap_or_default(), service.name_any()))
-            .filter(|key| !wanted.contains_key(key))
+            .filter(|key| !wanted_keys.contains(key))
             .collect();
         for (namespace, name) in stale {
             match self.writer.delete(&namespace, &name, &cluster).await {
