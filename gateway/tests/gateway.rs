@@ -450,6 +450,12 @@ async fn a_tunnel_crosses_both_gateways_and_the_destination_sees_the_west_caller
     .await;
     shows(west, r#"gateway_link_connected{remote_cluster="east"} 1"#).await;
     shows(west, "gateway_quic_rtt_ms{remote_cluster=\"east\"}").await;
+    // Loopback loses nothing; the counter is sampled from quinn's path stats all the same.
+    shows(
+        west,
+        r#"gateway_quic_lost_packets_total{remote_cluster="east"} 0"#,
+    )
+    .await;
     shows(west, "gateway_handshake_latency_ms_count 1").await;
     // The payload went out and came back, each way more than its own size (TLS records).
     let text = west.encode();
@@ -628,24 +634,27 @@ async fn broken_frames_cost_only_their_own_stream() {
         );
     }
 
-    // Ingress, as west's gateway: a garbage stream, then a probe on the same connection.
+    // Ingress, as west's gateway: a garbage stream and a truncated one (ten bytes announced,
+    // three sent, then the end), then a probe on the same connection.
     let conn = world.quic_client(gateway_creds(&world.west)).await;
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&[0x03, 0xff, 0xff, 0xff]).await.unwrap();
-    send.finish().unwrap();
-    let answer = tokio::time::timeout(
-        PATIENCE,
-        frame::read_frame::<TunnelOpenResponse, _>(&mut recv, 4096),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .unwrap();
-    assert_eq!(
-        answer.status,
-        i32::from(OpenStatus::BadRequest),
-        "{answer:?}"
-    );
+    for bad in [&[0x03, 0xff, 0xff, 0xff][..], &[0x0a, 0x0a, 0x04, 0x65][..]] {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(bad).await.unwrap();
+        send.finish().unwrap();
+        let answer = tokio::time::timeout(
+            PATIENCE,
+            frame::read_frame::<TunnelOpenResponse, _>(&mut recv, 4096),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            answer.status,
+            i32::from(OpenStatus::BadRequest),
+            "{answer:?}"
+        );
+    }
 
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let probe = StreamHeader {
@@ -843,6 +852,8 @@ async fn shutdown_refuses_new_tunnels_and_lets_open_ones_finish() {
     )
     .await;
     let (mut open, _) = world.connect("east", ECHO).await.unwrap();
+    // Another connection of a linked gateway, idle: shutdown closes it with the shutdown code.
+    let idle = world.quic_client(gateway_creds(&world.west)).await;
     world.east_gw.signal();
     // Give the drain signal time to reach the accept loops.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -857,6 +868,11 @@ async fn shutdown_refuses_new_tunnels_and_lets_open_ones_finish() {
         .await
         .expect("the gateway stopped once its last tunnel ended")
         .unwrap();
+    let closed = tokio::time::timeout(PATIENCE, idle.closed()).await.unwrap();
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(close) if close.error_code == mesh_gateway::quic::code::SHUTDOWN),
+        "{closed:?}"
+    );
 }
 
 #[tokio::test]
@@ -1386,4 +1402,45 @@ async fn probes_through_the_egress_port_cross_the_link() {
         assert!(tokio::time::Instant::now() < deadline, "east still answers");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// As a client, a gateway requires exactly the remote identity its Link names: a remote that
+/// presents another identity of the same domain is refused, and the failure is counted.
+#[tokio::test]
+async fn a_link_requires_the_gateway_identity_it_names() {
+    let world = World::start().await;
+    let mut east = link("east", &world.east, world.east_gw.quic);
+    east.gateway_identity = world.east.td.workload("other", "mesh-gateway").unwrap();
+    world.links_west.send_replace(vec![east]);
+    let (refusal, message) = world.refusal("east", ECHO).await;
+    assert_eq!(refusal, Refusal::Unreachable, "{message}");
+    shows(
+        &world.west_metrics,
+        r#"gateway_connect_errors_total{reason="handshake"} 1"#,
+    )
+    .await;
+}
+
+/// An idle tunnel is closed after the tunnel idle timeout; an idle link stays warm through
+/// keep-alives beyond the QUIC idle timeout, so the next tunnel needs no new handshake.
+#[tokio::test]
+async fn idle_tunnels_close_and_idle_links_stay_warm() {
+    let world = World::start_with(Timeouts {
+        tunnel_idle: Duration::from_millis(300),
+        quic_idle: Duration::from_millis(600),
+        ..test_timeouts()
+    })
+    .await;
+    let (mut idle, _) = world.connect("east", ECHO).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The idle tunnel was closed: reading ends (EOF or an error), nothing is echoed.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(PATIENCE, idle.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // More than twice the QUIC idle timeout later, the link still holds its one connection.
+    let (mut fresh, _) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(echo(&mut fresh, b"warm").await, b"warm");
+    shows(&world.west_metrics, "gateway_handshake_latency_ms_count 1").await;
 }
