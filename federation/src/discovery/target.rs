@@ -12,7 +12,7 @@
 //! An authority whose host is an IP literal is treated as the address it names.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use mesh_api::common::SocketAddr as ProtoSocketAddr;
 use mesh_api::discovery::get_destination;
@@ -68,29 +68,8 @@ pub enum InvalidTarget {
     Addr(#[from] InvalidAddr),
 }
 
-/// Why a wire address cannot be a destination.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum InvalidAddr {
-    /// The IP is neither 4 (IPv4) nor 16 (IPv6) bytes long.
-    #[error("the IP is {len} bytes long; expected 4 (IPv4) or 16 (IPv6)")]
-    IpLength {
-        /// The length received.
-        len: usize,
-    },
-    /// The port is 0 or above 65535.
-    #[error("port {port} is not in 1..=65535")]
-    Port {
-        /// The port received.
-        port: u32,
-    },
-    /// The unspecified address names no host.
-    #[error("{ip} is the unspecified address")]
-    Unspecified {
-        /// The address received.
-        ip: IpAddr,
-    },
-}
+/// Why a wire address cannot be a destination: the proxy's own decoding rules.
+pub use mesh_proxy::discovery::InvalidAddr;
 
 // === impl Target ===
 
@@ -224,24 +203,10 @@ fn parse_port(port: &str) -> Option<u16> {
     port.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
-/// Decodes a wire address: 4 or 16 bytes, a port in 1..=65535, not the unspecified address;
-/// an IPv4-mapped IPv6 address becomes the IPv4 address it maps.
+/// Decodes a wire address with the proxy's rules (4 or 16 bytes, a port in 1..=65535, not the
+/// unspecified address); an IPv4-mapped IPv6 address becomes the IPv4 address it maps.
 pub fn socket_addr(addr: &ProtoSocketAddr) -> Result<SocketAddr, InvalidAddr> {
-    let ip = if let Ok(octets) = <[u8; 4]>::try_from(addr.ip.as_slice()) {
-        IpAddr::V4(Ipv4Addr::from(octets))
-    } else if let Ok(octets) = <[u8; 16]>::try_from(addr.ip.as_slice()) {
-        IpAddr::V6(Ipv6Addr::from(octets))
-    } else {
-        return Err(InvalidAddr::IpLength { len: addr.ip.len() });
-    };
-    let port = match u16::try_from(addr.port) {
-        Ok(port) if port != 0 => port,
-        _ => return Err(InvalidAddr::Port { port: addr.port }),
-    };
-    if ip.is_unspecified() {
-        return Err(InvalidAddr::Unspecified { ip });
-    }
-    Ok(canonical(SocketAddr::new(ip, port)))
+    mesh_proxy::discovery::destination::socket_addr(Some(addr)).map(canonical)
 }
 
 /// A socket address as the wire carries it.
