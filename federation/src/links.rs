@@ -515,7 +515,9 @@ async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileE
             return Ok(Action::requeue(RESYNC));
         }
     };
-    if let Some((older, theirs)) = older_ambiguous_link_of(context, link, &valid.cluster) {
+    if let Some((older, theirs)) =
+        older_conflicting_link(context, link, &valid.cluster, ambiguous_cluster_names)
+    {
         stop(context, &name);
         conditions.set(
             condition::VALID,
@@ -529,7 +531,7 @@ async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileE
         write_status(context, link, conditions.finish()).await?;
         return Ok(Action::requeue(RESYNC));
     }
-    if let Some(older) = older_link_of(context, link, &valid.cluster) {
+    if let Some((older, _)) = older_conflicting_link(context, link, &valid.cluster, |a, b| a == b) {
         stop(context, &name);
         conditions.set(
             condition::VALID,
@@ -811,40 +813,19 @@ fn start(
     }
 }
 
-/// Stops whatever runs for the Link `name`.
-/// The Link that links `cluster` already, if one older than `link` does (by creation time,
-/// then name): that one is served and the others are refused.
-fn older_link_of(context: &Context, link: &Link, cluster: &str) -> Option<String> {
-    let store = context.links.get()?;
-    let key = |l: &Link| {
-        (
-            l.metadata.creation_timestamp.clone().map(|t| t.0),
-            l.name_any(),
-        )
-    };
-    let mine = key(link);
-    store
-        .state()
-        .into_iter()
-        .filter(|other| other.name_any() != link.name_any())
-        .filter(|other| other.metadata.deletion_timestamp.is_none())
-        .filter(|other| other.spec.cluster_name == cluster)
-        .filter(|other| key(other) < mine)
-        .map(|other| other.name_any())
-        .min()
-}
-
 /// Whether mirrors of clusters `a` and `b` could share a name: `<svc>-<a>` equals
 /// `<svc'>-<b>` when one cluster name ends with `-` and the other.
 pub fn ambiguous_cluster_names(a: &str, b: &str) -> bool {
     a != b && (a.ends_with(&format!("-{b}")) || b.ends_with(&format!("-{a}")))
 }
 
-/// An older Link (and its cluster) whose cluster name is ambiguous with `cluster`.
-fn older_ambiguous_link_of(
+/// The oldest Link created before `link` (by creation time, then name) whose cluster
+/// `conflicts` with `cluster`, and that cluster: the older Link is served, the newer refused.
+fn older_conflicting_link(
     context: &Context,
     link: &Link,
     cluster: &str,
+    conflicts: impl Fn(&str, &str) -> bool,
 ) -> Option<(String, String)> {
     let store = context.links.get()?;
     let key = |l: &Link| {
@@ -858,7 +839,7 @@ fn older_ambiguous_link_of(
         .state()
         .into_iter()
         .filter(|other| other.metadata.deletion_timestamp.is_none())
-        .filter(|other| ambiguous_cluster_names(&other.spec.cluster_name, cluster))
+        .filter(|other| conflicts(&other.spec.cluster_name, cluster))
         .filter(|other| key(other) < mine)
         .map(|other| (other.name_any(), other.spec.cluster_name.clone()))
         .min()
@@ -890,10 +871,7 @@ async fn cleanup(link: &Link, context: &Arc<Context>) -> Result<Action, Reconcil
     let name = link.name_any();
     stop(context, &name);
     let cluster = link.spec.cluster_name.clone();
-    context.config.metrics.remove(&cluster);
-    context
-        .bundles
-        .send_if_modified(|bundles| bundles.remove(&cluster).is_some());
+    forget(context, &cluster);
     let removed = delete_mirrors_of(context, &cluster).await?;
     tracing::info!(link = %name, %cluster, removed, "link deleted; its mirrors are removed");
     Ok(Action::await_change())
