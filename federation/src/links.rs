@@ -356,8 +356,8 @@ fn digest(link: &Link, secret: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// Why the Link's credentials cannot be used.
-async fn remote_client(context: &Context, valid: &ValidLink) -> Result<(Client, Vec<u8>), String> {
+/// The kubeconfig in the Link's credentials Secret, or why there is none.
+async fn read_credentials(context: &Context, valid: &ValidLink) -> Result<Vec<u8>, String> {
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &valid.namespace);
     let secret = secrets
         .get_opt(&valid.credentials_secret)
@@ -380,7 +380,12 @@ async fn remote_client(context: &Context, valid: &ValidLink) -> Result<(Client, 
                 valid.credentials_secret
             )
         })?;
-    let text = std::str::from_utf8(&data).map_err(|_| {
+    Ok(data)
+}
+
+/// A client of the remote API from the Secret's kubeconfig `data`, or why it cannot be used.
+async fn remote_client(valid: &ValidLink, data: &[u8]) -> Result<Client, String> {
+    let text = std::str::from_utf8(data).map_err(|_| {
         format!(
             "Secret {}: the kubeconfig is not UTF-8",
             valid.credentials_secret
@@ -404,13 +409,12 @@ async fn remote_client(context: &Context, valid: &ValidLink) -> Result<(Client, 
                 first_line(&e)
             )
         })?;
-    let client = Client::try_from(config).map_err(|e| {
+    Client::try_from(config).map_err(|e| {
         format!(
             "Secret {}: no client from the kubeconfig: {e}",
             valid.credentials_secret
         )
-    })?;
-    Ok((client, data))
+    })
 }
 
 /// The first line of an error about a usable kubeconfig (a bad server URL, a bad certificate),
@@ -560,8 +564,29 @@ async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileE
         tracing::info!(link = %name, %old, new = %valid.cluster, removed, "the link names another cluster; the old cluster's mirrors are removed");
     }
 
-    let (client, secret) = match remote_client(context, &valid).await {
-        Ok(found) => found,
+    // The Secret is read at every reconcile; a client is built only when it (or the spec)
+    // changed, since a worker runs with it already otherwise.
+    let fresh = match read_credentials(context, &valid).await {
+        Ok(secret) => {
+            let digest = digest(link, &secret);
+            let current = context
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&name)
+                .is_some_and(|r| r.digest == digest);
+            if current {
+                Ok((digest, None))
+            } else {
+                remote_client(&valid, &secret)
+                    .await
+                    .map(|client| (digest, Some(client)))
+            }
+        }
+        Err(reason) => Err(reason),
+    };
+    let (digest, client) = match fresh {
+        Ok(fresh) => fresh,
         Err(reason) => {
             stop(context, &name);
             conditions.set(
@@ -574,15 +599,12 @@ async fn apply(link: &Link, context: &Arc<Context>) -> Result<Action, ReconcileE
             return Ok(Action::requeue(RESYNC));
         }
     };
-
-    let digest = digest(link, &secret);
     let (state, health, bundle) = {
         let mut running = context
             .running
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let restart = running.get(&name).is_none_or(|r| r.digest != digest);
-        if restart {
+        if let Some(client) = client {
             tracing::info!(link = %name, cluster = %valid.cluster, "starting the link's remote watches");
             running.remove(&name);
             running.insert(name.clone(), start(context, link, &valid, client, digest));
