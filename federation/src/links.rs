@@ -19,7 +19,6 @@
 //! deleted (orphans of a Link removed while no controller ran).
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -348,12 +347,10 @@ async fn reconcile(link: Arc<Link>, context: Arc<Context>) -> Result<Action, Rec
 
 /// A Link's spec and Secret as the worker was started with them.
 fn digest(link: &Link, secret: &[u8]) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(&link.spec)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    secret.hash(&mut hasher);
-    hasher.finish()
+    let mut bytes = serde_json::to_vec(&link.spec).unwrap_or_default();
+    bytes.push(0);
+    bytes.extend_from_slice(secret);
+    crate::mirror::fnv1a64(&bytes)
 }
 
 /// The kubeconfig in the Link's credentials Secret, or why there is none.

@@ -449,7 +449,7 @@ pub const MIRROR_DIGEST: &str = "mesh.io/mirror-digest";
 /// The 64-bit FNV-1a hash of `bytes`: fixed by its definition, so a digest written by one
 /// build of the controller is understood by every later one (the standard library's hasher
 /// may change between Rust releases, which would rewrite every mirror after an upgrade).
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes.iter().fold(OFFSET_BASIS, |hash, byte| {
