@@ -2,6 +2,8 @@
 //! (`mesh_proxy::discovery::GrpcDiscovery`) and the raw generated tonic client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,11 +12,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::client::ClientBuilder;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use mesh_api::common::{ProtocolHint, SocketAddr as ProtoSocketAddr};
 use mesh_api::crd::{Link, TrafficSplit};
 use mesh_api::discovery::destination_client::DestinationClient;
@@ -62,10 +62,7 @@ async fn harness(gateway: Option<SocketAddr>) -> Harness {
     })
     .await
     .unwrap();
-    let kubeconfig = Kubeconfig::from_yaml(cluster.kubeconfig()).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
+    let config = support::config_for(cluster.kubeconfig()).await;
     let watches = WatchCounts::default();
     let counting = watches.clone();
     let client = ClientBuilder::try_from(config)
@@ -75,10 +72,7 @@ async fn harness(gateway: Option<SocketAddr>) -> Harness {
             counts: counting.clone(),
         }))
         .build();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in mesh_api::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
+    support::install_crds(&client).await;
 
     let cache = Cache::start(&client);
     timeout(WAIT, cache.wait_ready())

@@ -3,19 +3,19 @@
 //! negative answers, refusals, hostile datagrams, truncation, and answers that follow the API.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use mesh_api::crd::TrafficSplit;
 use mesh_api::labels;
-use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
+use mesh_e2e::devcluster::DevCluster;
 use mesh_federation::MIRROR_SLICE_MANAGER;
 use mesh_federation::cache::Cache;
 use mesh_federation::dns::{DnsConfig, DnsError, DnsMetrics, DnsServer};
@@ -60,28 +60,7 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        let cluster = DevCluster::start(DevClusterConfig {
-            name: "west".into(),
-            endpoints_controller: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let kubeconfig = Kubeconfig::from_yaml(cluster.kubeconfig()).unwrap();
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        let client = Client::try_from(config).unwrap();
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for crd in mesh_api::crd::crds() {
-            crds.create(&PostParams::default(), &crd).await.unwrap();
-        }
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &namespace)
-            .await
-            .unwrap();
+        let (cluster, client) = support::cluster("west", &[NS], true).await;
 
         let cache = Cache::start(&client);
         tokio::time::timeout(WAIT, cache.wait_ready())

@@ -3,36 +3,23 @@
 //! identities are refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount as K8sServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount as K8sServiceAccount;
 use kube::api::PostParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use mesh_api::identity::CertifyRequest;
-use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
+use mesh_e2e::devcluster::DevCluster;
 use mesh_federation::identity::TokenReviewValidator;
 use mesh_trust::TrustDomain;
 use mesh_trust::ca::{self, CertificateAuthority};
 use mesh_trust::identity::{IdentityService, ServiceAccount, TokenError, TokenValidator};
 
 async fn cluster() -> (DevCluster, Client) {
-    let cluster = DevCluster::start(DevClusterConfig::default())
-        .await
-        .unwrap();
-    let kubeconfig = Kubeconfig::from_yaml(cluster.kubeconfig()).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let client = Client::try_from(config).unwrap();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let shop: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "shop"}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &shop)
-        .await
-        .unwrap();
+    let (cluster, client) = support::cluster("dev", &["shop"], false).await;
     let accounts: Api<K8sServiceAccount> = Api::namespaced(client.clone(), "shop");
     let web: K8sServiceAccount =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "web"}})).unwrap();

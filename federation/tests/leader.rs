@@ -2,13 +2,12 @@
 //! when the leader stops (released at once) or dies (taken over when its lease expires).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PostParams;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
-use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
+use kube::Client;
+use mesh_e2e::devcluster::DevCluster;
 use mesh_federation::leader::{self, LeaderConfig};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -16,22 +15,7 @@ use tokio::time::Instant;
 const PATIENCE: Duration = Duration::from_secs(15);
 
 async fn cluster() -> (DevCluster, Client) {
-    let cluster = DevCluster::start(DevClusterConfig::default())
-        .await
-        .unwrap();
-    let kubeconfig = Kubeconfig::from_yaml(cluster.kubeconfig()).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let client = Client::try_from(config).unwrap();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mesh: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "mesh"}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &mesh)
-        .await
-        .unwrap();
-    (cluster, client)
+    support::cluster("dev", &["mesh"], false).await
 }
 
 fn config(identity: &str) -> LeaderConfig {

@@ -2,17 +2,16 @@
 //! and east (the linked cluster), each a real Kubernetes-compatible API server on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
+mod support;
+
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use mesh_api::crd::{Link, LinkGateway, LinkProbe, LinkSpec};
 use mesh_api::labels;
-use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
 use mesh_federation::cache::Cache;
 use mesh_federation::link::{ValidLink, condition};
 use mesh_federation::links::{LinkMetrics, Links, LinksConfig};
@@ -22,67 +21,15 @@ use mesh_trust::TrustDomain;
 use mesh_trust::ca::CertificateAuthority;
 use serde_json::json;
 use std::sync::Arc;
+use support::{cluster as dev_cluster, eventually, put_credentials};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-const PATIENCE: Duration = Duration::from_secs(15);
 const GATEWAY: &str = "10.0.0.50";
 
-async fn client_for(kubeconfig: &str) -> Client {
-    let kubeconfig = Kubeconfig::from_yaml(kubeconfig).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
-async fn cluster(name: &str) -> (DevCluster, Client) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let cluster = DevCluster::start(DevClusterConfig {
-        name: name.into(),
-        endpoints_controller: true,
-        ..DevClusterConfig::default()
-    })
-    .await
-    .unwrap();
-    let client = client_for(cluster.kubeconfig()).await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in mesh_api::crd::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    for namespace in ["mesh", "shop"] {
-        create_namespace(&client, namespace).await;
-    }
-    (cluster, client)
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let object: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap();
-}
-
-/// Polls `check` until it gives a value.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// A dev cluster with the endpoints controller, the CRDs and the `mesh` and `shop` namespaces.
+async fn cluster(name: &str) -> (mesh_e2e::devcluster::DevCluster, Client) {
+    dev_cluster(name, &["mesh", "shop"], true).await
 }
 
 fn east_root_pem() -> String {
@@ -118,32 +65,6 @@ fn link(bundle: &str) -> Link {
     );
     link.metadata.namespace = Some("mesh".into());
     link
-}
-
-async fn put_credentials(west: &Client, kubeconfig: &str) {
-    let secrets: Api<Secret> = Api::namespaced(west.clone(), "mesh");
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "east-credentials", "namespace": "mesh"},
-        "stringData": {"kubeconfig": kubeconfig}
-    }))
-    .unwrap();
-    let secret = Secret {
-        data: secret.string_data.as_ref().map(|data| {
-            data.iter()
-                .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
-                .collect()
-        }),
-        string_data: None,
-        ..secret
-    };
-    secrets
-        .patch(
-            "east-credentials",
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .unwrap();
 }
 
 /// East's `web` Service in `shop`, exported, with one ready pod.
@@ -234,9 +155,15 @@ async fn mirror(west: &Client, name: &str) -> Option<Service> {
     services.get_opt(name).await.unwrap()
 }
 
+/// The condition `type_` of the Link `east`: its status and message.
 async fn link_condition(west: &Client, type_: &str) -> Option<(String, String)> {
+    condition_of(west, "east", type_).await
+}
+
+/// The condition `type_` of the Link `name`: its status and message.
+async fn condition_of(west: &Client, name: &str, type_: &str) -> Option<(String, String)> {
     let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
-    let link = links.get_opt("east").await.unwrap()?;
+    let link = links.get_opt(name).await.unwrap()?;
     let condition = link
         .status?
         .conditions
@@ -477,14 +404,10 @@ async fn bad_links_and_bad_credentials_get_conditions() {
     let mut twin = link(&east_root_pem());
     twin.metadata.name = Some("east-again".into());
     links.create(&PostParams::default(), &twin).await.unwrap();
-    let message = eventually("a duplicate condition", || async {
-        let link = links.get_opt("east-again").await.unwrap()?;
-        let valid = link
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == condition::VALID && c.status == "False")?;
-        Some(valid.message)
+    let (_, message) = eventually("a duplicate condition", || async {
+        condition_of(&west, "east-again", condition::VALID)
+            .await
+            .filter(|(status, _)| status == "False")
     })
     .await;
     assert!(
@@ -496,14 +419,10 @@ async fn bad_links_and_bad_credentials_get_conditions() {
     suffix.metadata.name = Some("web-east-link".into());
     suffix.spec.cluster_name = "web-east".into();
     links.create(&PostParams::default(), &suffix).await.unwrap();
-    let message = eventually("an ambiguity condition", || async {
-        let link = links.get_opt("web-east-link").await.unwrap()?;
-        let valid = link
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == condition::VALID && c.status == "False")?;
-        Some(valid.message)
+    let (_, message) = eventually("an ambiguity condition", || async {
+        condition_of(&west, "web-east-link", condition::VALID)
+            .await
+            .filter(|(status, _)| status == "False")
     })
     .await;
     assert!(message.contains("rename one of the clusters"), "{message}");

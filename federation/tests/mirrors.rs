@@ -5,20 +5,21 @@
 //! to west are recorded, so that the tests can tell what the controller asked of the API.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
+mod support;
+use support::{config_for, eventually};
+
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::client::{Body, ClientBuilder};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use mesh_api::labels;
-use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
+use mesh_e2e::devcluster::DevCluster;
 use mesh_federation::MIRROR_SLICE_MANAGER;
 use mesh_federation::cache::Cache;
 use mesh_federation::link::ValidLink;
@@ -32,67 +33,14 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-const PATIENCE: Duration = Duration::from_secs(15);
 const GATEWAY: &str = "10.0.0.50";
 
-// === dev clusters (as in tests/links.rs) ===
+// === dev clusters ===
 
-async fn client_for(kubeconfig: &str) -> Client {
-    ClientBuilder::try_from(config_for(kubeconfig).await)
-        .unwrap()
-        .build()
-}
-
-async fn config_for(kubeconfig: &str) -> Config {
-    let kubeconfig = Kubeconfig::from_yaml(kubeconfig).unwrap();
-    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap()
-}
-
+/// A dev cluster with the CRDs and the `mesh` and `shop` namespaces (no endpoints controller:
+/// the tests write remote slices themselves).
 async fn cluster(name: &str) -> (DevCluster, Client) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let cluster = DevCluster::start(DevClusterConfig {
-        name: name.into(),
-        ..DevClusterConfig::default()
-    })
-    .await
-    .unwrap();
-    let client = client_for(cluster.kubeconfig()).await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in mesh_api::crd::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    for namespace in ["mesh", "shop"] {
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let object: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap();
-    }
-    (cluster, client)
-}
-
-/// Polls `check` until it gives a value.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::cluster(name, &["mesh", "shop"], false).await
 }
 
 // === the writer's requests ===

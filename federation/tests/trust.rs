@@ -7,16 +7,17 @@
 //! is "trusted" when its meshed connection to that proxy reaches the echo app behind it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+use support::{PATIENCE, eventually};
+
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use mesh_api::common::ProtocolHint;
 use mesh_api::crd::{
     DEFAULT_TRUST_BUNDLE_CONFIG_MAP, Link, LinkGateway, LinkProbe, LinkSpec,
@@ -25,7 +26,7 @@ use mesh_api::crd::{
 use mesh_api::discovery::WatchTrustBundles;
 use mesh_api::discovery::trust_bundles_client::TrustBundlesClient;
 use mesh_api::ports::ALPN_OPAQUE;
-use mesh_e2e::devcluster::{DevCluster, DevClusterConfig};
+use mesh_e2e::devcluster::DevCluster;
 use mesh_federation::cache::Cache;
 use mesh_federation::links::{Links, LinksConfig};
 use mesh_federation::mirror::{MirrorSettings, MirrorWriter};
@@ -52,58 +53,11 @@ use tokio::time::{Instant, timeout};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Streaming;
 
-const PATIENCE: Duration = Duration::from_secs(20);
-
 // === dev clusters ===
 
-async fn client_for(kubeconfig: &str) -> Client {
-    let kubeconfig = Kubeconfig::from_yaml(kubeconfig).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
+/// A dev cluster with the CRDs and the `mesh` namespace.
 async fn cluster(name: &str) -> (DevCluster, Client) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let cluster = DevCluster::start(DevClusterConfig {
-        name: name.into(),
-        ..DevClusterConfig::default()
-    })
-    .await
-    .unwrap();
-    let client = client_for(cluster.kubeconfig()).await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in mesh_api::crd::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mesh: Namespace = serde_json::from_value(json!({"metadata": {"name": "mesh"}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &mesh)
-        .await
-        .unwrap();
-    (cluster, client)
-}
-
-/// Polls `check` until it gives a value.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::cluster(name, &["mesh"], false).await
 }
 
 async fn config_map_data(client: &Client, name: &str) -> Option<BTreeMap<String, String>> {
@@ -265,25 +219,7 @@ fn link(cluster: &str, bundle: &str) -> Link {
 async fn put_credentials(west: &Client, east_kubeconfig: &str) {
     assert!(east_kubeconfig.contains("namespace: default"));
     let kubeconfig = east_kubeconfig.replace("namespace: default", "namespace: mesh");
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "east-credentials", "namespace": "mesh"},
-        "data": {"kubeconfig": base64(&kubeconfig)},
-    }))
-    .unwrap();
-    let secrets: Api<Secret> = Api::namespaced(west.clone(), "mesh");
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-}
-
-fn base64(text: &str) -> String {
-    // ByteString serializes as base64.
-    serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec()))
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_owned()
+    support::put_credentials(west, &kubeconfig).await;
 }
 
 // === a proxy following west's stream ===
