@@ -31,22 +31,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::Response;
-use hyper_util::rt::TokioIo;
 use mesh_api::common::ProtocolHint;
 use mesh_gateway::{Gateway, GatewayConfig, Link, Timeouts, Transport, gateway_identity};
 use mesh_proxy::discovery::{Resolve, StaticDiscovery, TunnelMeta};
 use mesh_proxy::outbound::OutboundTls;
 use mesh_proxy::tunnel::open_tunnel;
+use mesh_test_support::backends;
 use mesh_test_support::load::{self, LoadResult, Target};
 use mesh_test_support::pki::{Domain, bundles};
 use mesh_trust::SpiffeId;
 use mesh_trust::ca::{DEFAULT_LEAF_LIFETIME, Validity};
 use mesh_trust::tls::{CertResolver, WorkloadCredentials};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -62,53 +58,7 @@ const WARMUP: Duration = Duration::from_secs(2);
 const MEASURE: Duration = Duration::from_secs(10);
 /// The name of the gateways' runtime threads, by which their CPU time is found.
 const GATEWAY_THREAD: &str = "gateway";
-const BODY: &[u8] = b"hello, mesh!\n";
 const HOST: &str = "backend.default.svc.cluster.local";
-
-/// Reads everything, then answers with the byte count.
-async fn sink() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut total = 0u64;
-                loop {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => total += n as u64,
-                    }
-                }
-                let _ = conn.write_all(&total.to_be_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
-/// An HTTP/1.1 server answering every request with [`BODY`].
-async fn http_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((conn, _)) = listener.accept().await {
-            let _ = conn.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                        BODY,
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(conn), service)
-                    .await;
-            });
-        }
-    });
-    port
-}
 
 fn gateway_creds(domain: &Domain) -> WorkloadCredentials {
     let id = gateway_identity(&domain.td, "mesh").unwrap();
@@ -361,8 +311,9 @@ fn main() {
     let gateways = runtime(GATEWAY_THREAD, 2);
     let load = runtime("load", 1);
     let backend = runtime("backend", 1);
-    let (sink_port, http_port) = backend.block_on(async { (sink().await, http_backend().await) });
-    let http_addr: SocketAddr = ([127, 0, 0, 1], http_port).into();
+    let backends = backends::start(&backend, [127, 0, 0, 1].into()).unwrap();
+    let (sink_port, http_port, http_addr) =
+        (backends.sink.port(), backends.http.port(), backends.http);
 
     eprintln!("tunnel: direct requests");
     let direct = load.block_on(requests(Target::tcp(http_addr, HOST)));

@@ -29,8 +29,6 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use tokio::runtime::Runtime;
 
-#[path = "hop/backend.rs"]
-mod backend;
 #[path = "hop/bulk.rs"]
 mod bulk;
 #[path = "hop/haproxy.rs"]
@@ -48,6 +46,7 @@ mod report;
 #[path = "hop/table.rs"]
 mod table;
 
+use mesh_test_support::backends as backend;
 use mesh_test_support::load::{self, Target};
 use process::PathUnderTest;
 use procfs::UsageProbe;

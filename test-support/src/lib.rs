@@ -2,5 +2,6 @@
 //! same kind of world. Test code only: failures here panic with a message, as a test should.
 
 pub mod apps;
+pub mod backends;
 pub mod load;
 pub mod pki;

@@ -1,5 +1,5 @@
 //! Opaque TCP throughput: push a fixed number of bytes through one connection to the sink and
-//! time it until the sink confirms it read them all (see [`crate::backend`]).
+//! time it until the sink confirms it read them all (see `mesh_test_support::backends`).
 
 use std::io;
 use std::net::SocketAddr;

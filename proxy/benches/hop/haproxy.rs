@@ -16,9 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::backend::Backends;
 use crate::pki::PkiFiles;
 use crate::process::{PathUnderTest, ProxyProcess, SetupError, accepts, free_port};
+use mesh_test_support::backends::Backends;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Where HAProxy lives when it is not on `PATH` (Debian puts it in `/usr/sbin`).

@@ -26,9 +26,9 @@ use mesh_proxy::discovery::StaticDiscovery;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::backend::Backends;
 use crate::pki::PkiFiles;
 use crate::process::{PathUnderTest, ProxyProcess, SetupError, accepts, free_port};
+use mesh_test_support::backends::Backends;
 
 /// The HTTP service the load is sent to, and the `Host` it carries on every path.
 pub const HTTP_AUTHORITY: &str = "web.default.svc.cluster.local:80";

@@ -197,7 +197,7 @@ impl Report {
              saturation closed loop; warm-up {:?} then {:?} measured per scenario. \
              Load generator and backends run in the bench process, one runtime thread each; \
              proxies are separate processes, measured through /proc.",
-            crate::backend::BODY.len(),
+            mesh_test_support::backends::BODY.len(),
             self.connections,
             self.rate,
             self.warmup,

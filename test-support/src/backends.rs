@@ -1,7 +1,7 @@
 //! The servers behind every path: a tiny HTTP/1.1 server and a TCP sink.
 //!
 //! Both run in the bench process, on a runtime of their own (one worker thread), so that every
-//! path (direct, mesh pair, HAProxy pair) reaches the very same server. The HTTP server answers
+//! path a bench compares (direct, a proxy pair, a gateway pair) reaches the very same server. The HTTP server answers
 //! every request `200` with a 13-byte body and keeps connections alive. The sink reads a
 //! connection to its end, then writes back the number of bytes it read (8 bytes, big endian) and
 //! closes, so a sender knows its last byte arrived.
