@@ -15,10 +15,12 @@
 //! scale phase's count (for a quick check of the harness itself).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,47 +34,12 @@ use mesh_api::crd::Link;
 use serde_json::json;
 use tokio::time::Instant;
 
-const MESH: &str = env!("CARGO_BIN_EXE_mesh");
+use support::{MESH, Process, create_issuer, create_root, devcluster, dns_a, free_port};
+
 const LATENCY_SERVICES: usize = 100;
 const SCALE_SERVICES: usize = 10_000;
 /// Creates in flight at once in the scale phase.
 const CREATES_IN_FLIGHT: usize = 32;
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mesh(args: &[&str]) {
-    let status = Command::new(MESH)
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mesh {args:?}");
-}
-
-fn devcluster(dir: &Path, name: &str) -> (Process, PathBuf) {
-    let kubeconfig = dir.join(format!("{name}.kubeconfig"));
-    let child = Command::new(MESH)
-        .args(["devcluster", "--listen", "127.0.0.1:0", "--name", name])
-        .arg("--kubeconfig-out")
-        .arg(&kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !kubeconfig.exists() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no kubeconfig");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Process(child), kubeconfig)
-}
 
 async fn client(kubeconfig: &Path) -> Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
@@ -97,19 +64,6 @@ async fn prepare(client: &Client) {
     }
 }
 
-fn free_port() -> u16 {
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 fn exported(name: &str) -> Service {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "shop",
@@ -121,25 +75,9 @@ fn exported(name: &str) -> Service {
 
 /// Whether west's DNS answers `name` (type A) with at least one address.
 fn dns_answers(port: u16, name: &str) -> bool {
-    let Ok(socket) = UdpSocket::bind("127.0.0.1:0") else {
-        return false;
-    };
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut query = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        query.push(label.len() as u8);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 1, 0, 1]);
-    if socket.send_to(&query, ("127.0.0.1", port)).is_err() {
-        return false;
-    }
-    let mut answer = [0u8; 512];
-    match socket.recv(&mut answer) {
-        // NOERROR with at least one answer record.
-        Ok(n) if n >= 12 => answer[3] & 0x0f == 0 && u16::from_be_bytes([answer[6], answer[7]]) > 0,
-        _ => false,
-    }
+    dns_a(port, name).is_some_and(|m| {
+        m.response_code() == hickory_proto::op::ResponseCode::NoError && !m.answers().is_empty()
+    })
 }
 
 /// Resident and peak memory (KiB) and CPU seconds of a process, from /proc.
@@ -179,28 +117,9 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let p = |path: &Path| path.to_str().unwrap().to_owned();
-    for domain in ["west", "east"] {
-        let root = dir.path().join(domain).join("root");
-        mesh(&[
-            "trust",
-            "create-root",
-            "--trust-domain",
-            domain,
-            "--out",
-            &p(&root),
-        ]);
-    }
-    let west_issuer = dir.path().join("west/issuer");
-    mesh(&[
-        "trust",
-        "create-issuer",
-        "--root",
-        &p(&dir.path().join("west/root")),
-        "--out",
-        &p(&west_issuer),
-    ]);
-    let east_root = std::fs::read_to_string(dir.path().join("east/root/root.crt")).unwrap();
+    let west_issuer = create_issuer(dir.path(), "west");
+    let east_root_dir = create_root(dir.path(), "east");
+    let east_root = std::fs::read_to_string(east_root_dir.join("root.crt")).unwrap();
 
     let (_west_cluster, west_kubeconfig) = devcluster(dir.path(), "west");
     let (_east_cluster, east_kubeconfig) = devcluster(dir.path(), "east");

@@ -3,66 +3,20 @@
 //! SIGTERM; bad flags and files are named.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
-use tokio::time::Instant;
+mod support;
+use support::{MESH, Process as Running, create_issuer, devcluster, dns_a, free_port};
 
-const MESH: &str = env!("CARGO_BIN_EXE_mesh");
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use tokio::time::Instant;
 
 fn mesh(args: &[&str]) -> Output {
     Command::new(MESH).args(args).output().unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A free port for both TCP and UDP (DNS takes both).
-fn free_dns_port() -> u16 {
-    loop {
-        let port = free_port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn issuer(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("root");
-    let issuer = dir.join("issuer");
-    let p = |path: &Path| path.to_str().unwrap().to_owned();
-    assert!(
-        mesh(&[
-            "trust",
-            "create-root",
-            "--trust-domain",
-            "west",
-            "--out",
-            &p(&root)
-        ])
-        .status
-        .success()
-    );
-    assert!(
-        mesh(&[
-            "trust",
-            "create-issuer",
-            "--root",
-            &p(&root),
-            "--out",
-            &p(&issuer)
-        ])
-        .status
-        .success()
-    );
-    issuer
 }
 
 fn get(addr: SocketAddr, path: &str) -> Option<String> {
@@ -76,31 +30,6 @@ fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
     Some(answer)
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A DNS query for `name` (type A) over UDP; the answer's RCODE.
-fn dns_rcode(port: u16, name: &str) -> Option<u8> {
-    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
-    socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        query.push(u8::try_from(label.len()).ok()?);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 1, 0, 1]);
-    socket.send_to(&query, ("127.0.0.1", port)).ok()?;
-    let mut answer = [0u8; 512];
-    let n = socket.recv(&mut answer).ok()?;
-    (n >= 4 && answer[..2] == [0x12, 0x34]).then(|| answer[3] & 0x0f)
 }
 
 /// What `mesh crds | kubectl apply -f -` does, through kube-rs.
@@ -126,30 +55,13 @@ fn install_crds(kubeconfig: &Path) {
 #[test]
 fn the_controller_serves_leads_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let issuer = issuer(dir.path());
-    let kubeconfig = dir.path().join("dev.kubeconfig");
-    let _cluster = Running(
-        Command::new(MESH)
-            .args(["devcluster", "--listen", "127.0.0.1:0", "--kubeconfig-out"])
-            .arg(&kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !kubeconfig.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the dev cluster never wrote its kubeconfig"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let issuer = create_issuer(dir.path(), "west");
+    let (_cluster, kubeconfig) = devcluster(dir.path(), "dev");
 
     install_crds(&kubeconfig);
 
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let dns_port = free_dns_port();
+    let dns_port = free_port();
     let mut controller = Running(
         Command::new(MESH)
             .args(["controller", "--cluster", "west", "--namespace", "default"])
@@ -184,16 +96,20 @@ fn the_controller_serves_leads_and_stops_cleanly() {
     // is built; SERVFAIL until then), REFUSED elsewhere.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match dns_rcode(dns_port, "nope.default.svc.west.mesh.local") {
-            Some(3) => break,
+        let rcode = dns_a(dns_port, "nope.default.svc.west.mesh.local").map(|m| m.response_code());
+        match rcode {
+            Some(ResponseCode::NXDomain) => break,
             other => assert!(
-                other == Some(2) && Instant::now() < deadline,
+                other == Some(ResponseCode::ServFail) && Instant::now() < deadline,
                 "expected NXDOMAIN, got {other:?}"
             ),
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(dns_rcode(dns_port, "example.com"), Some(5));
+    assert_eq!(
+        dns_a(dns_port, "example.com").map(|m| m.response_code()),
+        Some(ResponseCode::Refused)
+    );
     // Counted just after each answer is sent.
     let deadline = Instant::now() + Duration::from_secs(10);
     let metrics = loop {
@@ -261,7 +177,7 @@ fn bad_flags_and_files_are_named() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     // An issuer of another trust domain.
-    let issuer = issuer(dir.path());
+    let issuer = create_issuer(dir.path(), "west");
     let out = Command::new(MESH)
         .args(["controller", "--cluster", "east", "--issuer-dir"])
         .arg(&issuer)
