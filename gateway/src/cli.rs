@@ -128,21 +128,11 @@ impl Reload {
             },
             interval,
         );
-        let links = reload_links(links_file, links, interval);
-        tokio::join!(identity, trust, links);
-    }
-}
-
-/// Re-reads the links file every `interval` and publishes a changed, valid list.
-async fn reload_links(path: PathBuf, links: watch::Sender<Vec<Link>>, interval: Duration) {
-    let mut problem: Option<String> = None;
-    loop {
-        tokio::time::sleep(interval).await;
-        let read_path = path.clone();
-        let read = tokio::task::spawn_blocking(move || read_links(&read_path)).await;
-        match read {
-            Ok(Ok(list)) => {
-                problem = None;
+        let links = mesh_proxy::run::bundles::reload(
+            "links",
+            links_file,
+            read_links,
+            move |list: Vec<Link>| {
                 links.send_if_modified(|current| {
                     if *current == list {
                         return false;
@@ -152,16 +142,10 @@ async fn reload_links(path: PathBuf, links: watch::Sender<Vec<Link>>, interval: 
                     *current = list;
                     true
                 });
-            }
-            Ok(Err(error)) => {
-                let text = error.to_string();
-                if problem.as_deref() != Some(&text) {
-                    tracing::warn!(error = %text, "keeping the current links");
-                    problem = Some(text);
-                }
-            }
-            Err(error) => tracing::error!(%error, "reading the links file failed"),
-        }
+            },
+            interval,
+        );
+        tokio::join!(identity, trust, links);
     }
 }
 

@@ -191,30 +191,46 @@ impl TrustState {
 /// `mesh-proxy` and `mesh-gateway` both run this for `--trust-bundle`.
 pub async fn reload_file(
     path: PathBuf,
-    mut apply: impl FnMut(TrustBundleSet) + Send,
+    apply: impl FnMut(TrustBundleSet) + Send,
     interval: Duration,
 ) {
+    reload("trust bundle", path, load, apply, interval).await;
+}
+
+/// Re-reads `path` with `load` (on a blocking thread) every `interval` and hands every value
+/// read to `apply`, which compares it with what it holds. A file that does not load is logged
+/// once per distinct problem, and the last good value stays in force. `what` names the file in
+/// logs.
+pub async fn reload<T, E>(
+    what: &'static str,
+    path: PathBuf,
+    load: fn(&Path) -> Result<T, E>,
+    mut apply: impl FnMut(T) + Send,
+    interval: Duration,
+) where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
     let mut problem: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
         let read_path = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || load(&read_path)).await;
-        let loaded = match loaded {
+        let loaded = match tokio::task::spawn_blocking(move || load(&read_path)).await {
             Ok(loaded) => loaded,
             Err(error) => {
-                tracing::error!(%error, "reading the trust bundle failed");
+                tracing::error!(file = what, %error, "reading the file failed");
                 continue;
             }
         };
         match loaded {
-            Ok(set) => {
+            Ok(value) => {
                 problem = None;
-                apply(set);
+                apply(value);
             }
             Err(error) => {
                 let text = error.to_string();
                 if problem.as_deref() != Some(&text) {
-                    tracing::warn!(error = %text, "keeping the last good trust bundle from the file");
+                    tracing::warn!(file = what, error = %text, "keeping the last good file");
                     problem = Some(text);
                 }
             }
