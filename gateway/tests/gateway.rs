@@ -889,6 +889,22 @@ async fn link_addresses_are_resolved_and_tried_in_turn() {
         r#"gateway_connect_errors_total{reason="resolve"} 1"#,
     )
     .await;
+    // A changed link drops its connection; the next one resolves the names again rather than
+    // reusing an old answer (the unresolvable name fails a second time).
+    let mut east = link("east", &world.east, world.east_gw.quic);
+    east.addresses = vec![
+        "gateway.invalid".into(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ];
+    world.links_west.send_replace(vec![east]);
+    let (mut stream, _) = world.connect("east", ECHO).await.unwrap();
+    assert_eq!(echo(&mut stream, b"again").await, b"again");
+    shows(
+        &world.west_metrics,
+        r#"gateway_connect_errors_total{reason="resolve"} 2"#,
+    )
+    .await;
 }
 
 /// A GET on an admin server: the status line and the body.
