@@ -12,7 +12,7 @@
 //! alive (not at every probe: the probes' times and latencies do not concern mirrors), it
 //! computes every mirror ([`mirror::desired`]) and writes those that differ from the local
 //! cache, then deletes this cluster's mirrors that are no longer wanted. Nothing is computed
-//! before both remote lists have completed once, so a slow or unreachable remote API never
+//! before both remote lists and the local cache have completed once, so a slow or unreachable remote API never
 //! looks like "nothing is exported": while the remote cannot be reached the last lists stay in
 //! force and the mirrors are kept, and [`RemoteState::reachable`] says why.
 //!
@@ -404,6 +404,13 @@ impl Pass {
         };
         if !(listed.contains("Service") && listed.contains("EndpointSlice")) {
             tracing::debug!(cluster = %self.link.cluster, ?listed, "waiting for the remote lists");
+            return state;
+        }
+        // Which local objects exist, and whose they are, is read from the local cache: nothing
+        // is written or removed before it is complete (a slice someone else made must be seen
+        // before a mirror's slice of that name is written).
+        if !self.cache.ready() {
+            tracing::debug!(cluster = %self.link.cluster, "waiting for the local cache");
             return state;
         }
         state.synced = true;

@@ -671,8 +671,10 @@ async fn a_write_without_an_answer_times_out_and_is_retried() {
         "{problem}"
     );
 
-    let (cache_client, _) = black_hole().await;
-    let cache = Cache::start(&cache_client);
+    // The worker reads a complete local cache (it writes nothing before one), and writes
+    // through the writer that never gets an answer.
+    let (_west_cluster, west) = cluster("west").await;
+    let cache = Cache::start(&west);
     let (_health, alive) = watch::channel(GatewayHealth::default());
     let before = connections.load(std::sync::atomic::Ordering::SeqCst);
     let worker = LinkWorker::spawn(
