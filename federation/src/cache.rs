@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -114,13 +115,7 @@ fn reflect<K>(
     listed: &Arc<AtomicUsize>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     let kind = K::kind(&()).into_owned();
     let (changes, listed) = (changes.clone(), listed.clone());
@@ -160,6 +155,65 @@ where
     )
 }
 
+/// A kind the controller keeps in reflector stores, and what of its objects it keeps.
+///
+/// Stores hold every object of their kind for as long as the controller runs, so each object
+/// is trimmed as it arrives to what some reader of the controller uses: managedFields (the
+/// bulk of an object written by server-side apply) and kubectl's last-applied-configuration
+/// annotation (a second copy of the object) are never read, and a kind may drop more.
+pub(crate) trait Cached:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    /// Drops what no reader uses; the default drops what no reader of any kind uses.
+    fn trim(&mut self) {
+        trim_meta(self.meta_mut());
+    }
+}
+
+/// Drops what no reader uses of any object's metadata.
+fn trim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation `kubectl apply` keeps its last input in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+impl Cached for Service {}
+impl Cached for EndpointSlice {}
+impl Cached for ConfigMap {}
+impl Cached for TrafficSplit {}
+impl Cached for Link {}
+
+/// Of a Pod, discovery reads its uid and labels, the names of its containers (the restart
+/// policy too, of init containers: a native sidecar is an init container that keeps running)
+/// and its service account. The rest of the spec (images, environment, volumes, probes) and
+/// the status are most of a Pod, and are dropped.
+impl Cached for Pod {
+    fn trim(&mut self) {
+        trim_meta(&mut self.metadata);
+        self.status = None;
+        if let Some(spec) = self.spec.take() {
+            let named = |container: Container| Container {
+                name: container.name,
+                restart_policy: container.restart_policy,
+                ..Container::default()
+            };
+            self.spec = Some(PodSpec {
+                containers: spec.containers.into_iter().map(named).collect(),
+                init_containers: spec
+                    .init_containers
+                    .map(|containers| containers.into_iter().map(named).collect()),
+                service_account_name: spec.service_account_name,
+                service_account: spec.service_account,
+                ..PodSpec::default()
+            });
+        }
+    }
+}
+
 /// What a watch tells its owner, besides keeping its store.
 #[derive(Debug)]
 pub(crate) enum WatchProgress<'a> {
@@ -184,23 +238,12 @@ pub(crate) fn watch_into_store<K>(
     mut progress: impl FnMut(WatchProgress<'_>) + Send + 'static,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     let (reader, writer) = reflector::store::<K>();
     tasks.spawn(async move {
-        // managedFields are the bulk of an object written by server-side apply, and nothing
-        // here reads them: stores keep objects without.
-        let events = reflector::reflector(
-            writer,
-            watcher(api, config).modify(|object: &mut K| object.meta_mut().managed_fields = None),
-        )
-        .default_backoff();
+        let events = reflector::reflector(writer, watcher(api, config).modify(Cached::trim))
+            .default_backoff();
         futures_util::pin_mut!(events);
         while let Some(event) = events.next().await {
             progress(match &event {
@@ -212,4 +255,71 @@ where
         }
     });
     reader
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn stores_keep_what_readers_use_and_drop_the_rest() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": "web-0", "namespace": "shop", "uid": "u-1",
+                "labels": {"app": "web"},
+                "annotations": {LAST_APPLIED: "{\"big\": true}", "team": "shop"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "spec": {
+                "serviceAccountName": "web",
+                "containers": [
+                    {"name": "app", "image": "web:1", "env": [{"name": "A", "value": "1"}]},
+                    {"name": "mesh-proxy", "image": "proxy:1"}
+                ],
+                "initContainers": [{"name": "sidecar", "image": "s:1", "restartPolicy": "Always"}],
+                "volumes": [{"name": "data", "emptyDir": {}}]
+            },
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}
+        }))
+        .unwrap();
+        pod.trim();
+
+        assert_eq!(pod.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["app"], "web");
+        let annotations = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.get("team").map(String::as_str), Some("shop"));
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert!(pod.metadata.managed_fields.is_none());
+        assert!(pod.status.is_none());
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("web"));
+        let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["app", "mesh-proxy"]);
+        assert!(
+            spec.containers
+                .iter()
+                .all(|c| c.image.is_none() && c.env.is_none())
+        );
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            (init.name.as_str(), init.restart_policy.as_deref()),
+            ("sidecar", Some("Always"))
+        );
+        assert!(spec.volumes.is_none());
+
+        let mut service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop",
+                "annotations": {LAST_APPLIED: "{}", "mesh.io/opaque-ports": "5432"}},
+            "spec": {"ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        service.trim();
+        let annotations = service.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(annotations["mesh.io/opaque-ports"], "5432");
+        assert!(service.spec.is_some());
+    }
 }

@@ -280,13 +280,7 @@ fn watch_remote<K>(
     reach: &Arc<Reach>,
 ) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: cache::Cached,
 {
     let kind: &'static str = match K::kind(&()).as_ref() {
         "Service" => "Service",
@@ -417,68 +411,58 @@ impl Pass {
         let alive = self.alive.borrow_and_update().alive;
         self.last_alive = alive;
         let slices_by_service = by_service(self.slices.state());
-        let mut wanted: BTreeMap<(String, String), Mirror> = BTreeMap::new();
         let mut problems = Vec::new();
-        for service in self.services.state() {
-            let key = (service.namespace().unwrap_or_default(), service.name_any());
-            let slices = slices_by_service.get(&key).cloned().unwrap_or_default();
-            let slices: Vec<&EndpointSlice> = slices.iter().map(AsRef::as_ref).collect();
-            match mirror::desired(&self.link, &service, &slices, self.writer.settings(), alive) {
-                Ok(mirror) => {
-                    wanted.insert(mirror.key(), mirror);
-                }
-                Err(problem) => problems.push(problem),
-            }
-        }
-
-        tracing::debug!(
-            cluster = %self.link.cluster,
-            exported = wanted.len(),
-            problems = problems.len(),
-            "mirror pass"
-        );
-        // Writes, CONCURRENCY at a time; a mirror waiting for its retry is left for later.
+        // Each mirror is computed when its write is due and dropped once written, so a pass
+        // holds CONCURRENCY mirrors at a time, not one per exported Service; only the keys of
+        // every wanted mirror stay, to find the stale ones.
+        let mut wanted_keys: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut waiting: Vec<(String, String)> = Vec::new();
         let now = Instant::now();
         let cluster = self.link.cluster.clone();
         let local_slices = by_service(self.cache.slices.state());
-        // The mirrors move into the writes (each is dropped once written); only their keys stay.
-        let wanted_keys: BTreeSet<(String, String)> = wanted.keys().cloned().collect();
-        let (due, waiting): (Vec<_>, Vec<_>) = wanted
-            .into_iter()
-            .partition(|(key, _)| self.retries.get(key).is_none_or(|retry| retry.at <= now));
-        let due: Vec<Mirror> = due.into_iter().map(|(_, mirror)| mirror).collect();
-        let waiting: Vec<(String, String)> = waiting.into_iter().map(|(key, _)| key).collect();
-        let results: Vec<_> = futures_util::stream::iter(due)
-            .map(|mirror| {
-                let key = mirror.key();
-                let existing = self
-                    .cache
-                    .services
-                    .get(&ObjectRef::new(&key.1).within(&key.0));
-                // The mirror's slices, and whatever holds the names its slices want.
-                let mut existing_slices = local_slices.get(&key).cloned().unwrap_or_default();
-                for slice in &mirror.slices {
-                    let name = slice.name_any();
-                    if !existing_slices.iter().any(|s| s.name_any() == name)
-                        && let Some(found) =
-                            self.cache.slices.get(&ObjectRef::new(&name).within(&key.0))
-                    {
-                        existing_slices.push(found);
+        let results: Vec<_> = futures_util::stream::iter(self.services.state())
+            .filter_map(|service| {
+                let key = (service.namespace().unwrap_or_default(), service.name_any());
+                let slices: Vec<&EndpointSlice> = slices_by_service
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .map(AsRef::as_ref)
+                    .collect();
+                let write = match mirror::desired(
+                    &self.link,
+                    &service,
+                    &slices,
+                    self.writer.settings(),
+                    alive,
+                ) {
+                    Err(problem) => {
+                        problems.push(problem);
+                        None
                     }
-                }
-                let (writer, cluster) = (self.writer.clone(), cluster.clone());
-                async move {
-                    let existing_slices: Vec<&EndpointSlice> =
-                        existing_slices.iter().map(AsRef::as_ref).collect();
-                    let result = writer
-                        .apply(&mirror, &cluster, existing.as_deref(), &existing_slices)
-                        .await;
-                    (key, result)
-                }
+                    Ok(mirror) => {
+                        let key = mirror.key();
+                        wanted_keys.insert(key.clone());
+                        if self.retries.get(&key).is_some_and(|retry| retry.at > now) {
+                            // Left for its retry.
+                            waiting.push(key);
+                            None
+                        } else {
+                            Some(self.write(mirror, key, &local_slices))
+                        }
+                    }
+                };
+                std::future::ready(write)
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        tracing::debug!(
+            cluster = %self.link.cluster,
+            exported = wanted_keys.len(),
+            problems = problems.len(),
+            "mirror pass"
+        );
         let mut mirrored = 0u32;
         for (key, result) in results {
             match result {
@@ -549,6 +533,38 @@ impl Pass {
         messages.truncate(MAX_PROBLEMS);
         state.problems = messages;
         state
+    }
+
+    /// The write of one mirror, with the local objects it replaces: the mirror's slices, and
+    /// whatever holds the names its slices want.
+    fn write(
+        &self,
+        mirror: Mirror,
+        key: (String, String),
+        local_slices: &HashMap<(String, String), Vec<Arc<EndpointSlice>>>,
+    ) -> impl Future<Output = ((String, String), Result<bool, MirrorProblem>)> + use<> {
+        let existing = self
+            .cache
+            .services
+            .get(&ObjectRef::new(&key.1).within(&key.0));
+        let mut existing_slices = local_slices.get(&key).cloned().unwrap_or_default();
+        for slice in &mirror.slices {
+            let name = slice.name_any();
+            if !existing_slices.iter().any(|s| s.name_any() == name)
+                && let Some(found) = self.cache.slices.get(&ObjectRef::new(&name).within(&key.0))
+            {
+                existing_slices.push(found);
+            }
+        }
+        let (writer, cluster) = (self.writer.clone(), self.link.cluster.clone());
+        async move {
+            let existing_slices: Vec<&EndpointSlice> =
+                existing_slices.iter().map(AsRef::as_ref).collect();
+            let result = writer
+                .apply(&mirror, &cluster, existing.as_deref(), &existing_slices)
+                .await;
+            (key, result)
+        }
     }
 
     /// The remote bundle from its ConfigMap, if one was read.

@@ -325,13 +325,7 @@ fn reflect<K>(
     wake: &Arc<Notify>,
 ) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: crate::cache::Cached,
 {
     let wake = wake.clone();
     let kind = K::kind(&()).into_owned();
