@@ -14,6 +14,16 @@ mod duration;
 mod files;
 mod trust;
 
+/// The controller holds every Service, EndpointSlice and Pod of its cluster and of each linked
+/// cluster, and rebuilds its indexes from them at every change: many mid-sized allocations of
+/// similar lifetimes, freed in bursts. jemalloc keeps the resident size close to what is live
+/// (glibc's arenas held about twice as much at 10,000 Services; see BENCHMARKS.md), and its
+/// background thread hands freed pages back while the controller is idle (its options are set
+/// at build time, in `.cargo/config.toml`).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Operate a multi-cluster service mesh.
 #[derive(Debug, Parser)]
 #[command(name = "mesh", version, about, long_about = None)]
