@@ -398,6 +398,11 @@ impl Pass {
         };
         if !(listed.contains("Service") && listed.contains("EndpointSlice")) {
             tracing::debug!(cluster = %self.link.cluster, ?listed, "waiting for the remote lists");
+            // Until the remote lists (a restart while the remote is down), the mirrors that
+            // stand are the ones kept, and are counted as mirrored.
+            if self.cache.ready() {
+                state.mirrored = self.standing_mirrors();
+            }
             return state;
         }
         // Which local objects exist, and whose they are, is read from the local cache: nothing
@@ -533,6 +538,19 @@ impl Pass {
         messages.truncate(MAX_PROBLEMS);
         state.problems = messages;
         state
+    }
+
+    /// How many local Services are mirrors of this link's cluster.
+    fn standing_mirrors(&self) -> u32 {
+        let cluster = &self.link.cluster;
+        let count = self
+            .cache
+            .services
+            .state()
+            .iter()
+            .filter(|service| mirror::is_mirror_of(service, cluster))
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
     }
 
     /// The write of one mirror, with the local objects it replaces: the mirror's slices, and

@@ -21,7 +21,7 @@ use mesh_trust::TrustDomain;
 use mesh_trust::ca::CertificateAuthority;
 use serde_json::json;
 use std::sync::Arc;
-use support::{cluster as dev_cluster, eventually, put_credentials};
+use support::{cluster as dev_cluster, create_namespace, eventually, put_credentials};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -105,6 +105,14 @@ fn start_controller(west: &Client) -> (oneshot::Sender<()>, tokio::task::JoinHan
     start_controller_probing(west, None, LinkMetrics::default())
 }
 
+/// The same, with the mirror writer's settings of the test.
+fn start_controller_with(
+    west: &Client,
+    settings: MirrorSettings,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    start_controller_full(west, None, LinkMetrics::default(), settings)
+}
+
 /// Gateway health the test decides: what probes would report.
 #[derive(Debug)]
 struct Switch(tokio::sync::watch::Sender<GatewayHealth>);
@@ -123,12 +131,23 @@ fn start_controller_probing(
     probes: Option<Arc<dyn GatewayHealthSource>>,
     metrics: LinkMetrics,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    start_controller_full(west, probes, metrics, MirrorSettings::default())
+}
+
+/// The link reconciler with the given probes, metrics and writer settings; mirrors lead to
+/// the gateway at [`GATEWAY`].
+fn start_controller_full(
+    west: &Client,
+    probes: Option<Arc<dyn GatewayHealthSource>>,
+    metrics: LinkMetrics,
+    settings: MirrorSettings,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let cache = Cache::start(west);
     let writer = MirrorWriter::new(
         west.clone(),
         MirrorSettings {
             gateway_egress: Some(GATEWAY.parse().unwrap()),
-            ..MirrorSettings::default()
+            ..settings
         },
     );
     let links = Links::new(
@@ -599,4 +618,86 @@ async fn a_dead_gateway_marks_its_mirrors_not_ready_until_it_answers_again() {
     })
     .await;
     assert!(status.gateway.last_probe_time.is_some());
+}
+
+/// The Link's Secret changes to another cluster's credentials: the link's watchers restart with
+/// them, so the new cluster's exports are mirrored and the old one's mirrors removed. A remote
+/// namespace that does not exist here is named in the Link's status, with what to do, unless
+/// the controller creates namespaces; then the mirror is written in the new namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_credentials_restart_the_link_and_missing_namespaces_are_named_or_created() {
+    let (_west_cluster, west) = cluster("west").await;
+    let (east_cluster, east) = cluster("east").await;
+    let (north_cluster, north) = cluster("north").await;
+    let export = |client: &Client, namespace: &str, name: &str| {
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace,
+                "labels": {"mesh.io/exported": "true"}},
+            "spec": {"ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap();
+        async move {
+            services
+                .create(&PostParams::default(), &service)
+                .await
+                .unwrap();
+        }
+    };
+    export(&north, "shop", "api").await;
+    export_web(&east).await;
+    create_namespace(&east, "billing").await;
+    export(&east, "billing", "invoices").await;
+
+    // First the Secret holds north's credentials.
+    put_credentials(&west, north_cluster.kubeconfig()).await;
+    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
+    links
+        .create(&PostParams::default(), &link(&east_root_pem()))
+        .await
+        .unwrap();
+    let (stop, task) = start_controller(&west);
+    eventually("north's api is mirrored", || mirror(&west, "api-east")).await;
+
+    // Then east's: east's exports replace north's.
+    put_credentials(&west, east_cluster.kubeconfig()).await;
+    eventually("east's web is mirrored", || mirror(&west, "web-east")).await;
+    eventually("north's api mirror is removed", || async {
+        mirror(&west, "api-east").await.is_none().then_some(())
+    })
+    .await;
+
+    // East's billing namespace does not exist in west: named, with what to do.
+    let (_, message) = eventually("a namespace condition", || async {
+        link_condition(&west, condition::MIRRORED)
+            .await
+            .filter(|(status, m)| status == "False" && m.contains("billing"))
+    })
+    .await;
+    assert!(message.contains("does not exist"), "{message}");
+    assert!(message.contains("--create-namespaces"), "{message}");
+    let billing: Api<Service> = Api::namespaced(west.clone(), "billing");
+    assert!(billing.get_opt("invoices-east").await.unwrap().is_none());
+
+    // A controller that creates namespaces writes the mirror there.
+    let _ = stop.send(());
+    task.await.unwrap();
+    let (_stop, _task) = start_controller_with(
+        &west,
+        MirrorSettings {
+            create_namespaces: true,
+            ..MirrorSettings::default()
+        },
+    );
+    eventually(
+        "invoices is mirrored in a new billing namespace",
+        || async { billing.get_opt("invoices-east").await.unwrap() },
+    )
+    .await;
+    eventually("every export is mirrored", || async {
+        link_condition(&west, condition::MIRRORED)
+            .await
+            .filter(|(status, _)| status == "True")
+    })
+    .await;
 }
