@@ -80,7 +80,15 @@ fn the_controller_serves_leads_and_stops_cleanly() {
             .unwrap(),
     );
 
-    // Ready once its cache is complete.
+    // Live as soon as it serves, ready once its cache is complete.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get(admin, "/live").is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
+        assert!(
+            Instant::now() < deadline,
+            "the controller never served /live"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if get(admin, "/ready").is_some_and(|a| a.starts_with("HTTP/1.1 200")) {

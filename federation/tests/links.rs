@@ -248,6 +248,14 @@ async fn a_link_mirrors_exported_services_and_follows_the_remote() {
     assert_eq!(status.mirrored_services, 1);
     assert_eq!(status.trust_bundle.domains[0].trust_domain, "east.local");
     assert_eq!(status.trust_bundle.domains[0].roots.len(), 1);
+    // The root's expiry, an hour from its creation (RFC 3339 in UTC sorts as time does).
+    let not_after = status.trust_bundle.domains[0].roots[0].not_after.as_str();
+    let after_now =
+        |secs| mesh_trust::x509::rfc3339(std::time::SystemTime::now() + Duration::from_secs(secs));
+    assert!(
+        after_now(3000).as_str() < not_after && not_after <= after_now(3601).as_str(),
+        "{not_after}"
+    );
 
     // East's pod stops being ready: the mirror's endpoint follows.
     let pods: Api<Pod> = Api::namespaced(east.clone(), "shop");
@@ -700,4 +708,48 @@ async fn new_credentials_restart_the_link_and_missing_namespaces_are_named_or_cr
             .filter(|(status, _)| status == "True")
     })
     .await;
+}
+
+/// A Link's own export selector decides what is mirrored: a Service it selects is mirrored
+/// without the default label, and one with only the default label is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_mirrors_what_its_export_selector_selects() {
+    let (_west_cluster, west) = cluster("west").await;
+    let (east_cluster, east) = cluster("east").await;
+    put_credentials(&west, east_cluster.kubeconfig()).await;
+    let services: Api<Service> = Api::namespaced(east.clone(), "shop");
+    for (name, labels) in [
+        ("public", json!({"tier": "public"})),
+        ("default-label", json!({"mesh.io/exported": "true"})),
+    ] {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop", "labels": labels},
+            "spec": {"ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap();
+        services
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap();
+    }
+    let mut link = link(&east_root_pem());
+    link.spec.export_selector =
+        serde_json::from_value(json!({"matchLabels": {"tier": "public"}})).unwrap();
+    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
+    links.create(&PostParams::default(), &link).await.unwrap();
+    let (_stop, _task) = start_controller(&west);
+
+    eventually("the selected service is mirrored", || {
+        mirror(&west, "public-east")
+    })
+    .await;
+    eventually("the link has mirrored everything it selects", || async {
+        link_condition(&west, condition::MIRRORED)
+            .await
+            .filter(|(status, _)| status == "True")
+    })
+    .await;
+    assert!(mirror(&west, "default-label-east").await.is_none());
+    let status = links.get("east").await.unwrap().status.unwrap();
+    assert_eq!(status.mirrored_services, 1);
 }
