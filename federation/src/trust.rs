@@ -210,20 +210,8 @@ pub async fn run_linked_writer(
     shutdown: impl Future<Output = ()>,
 ) {
     let wake = Arc::new(Notify::new());
-    let mut tasks = JoinSet::new();
-    let links: Store<Link> = reflect(
-        &mut tasks,
-        Api::namespaced(client.clone(), &namespace),
-        watcher::Config::default(),
-        &wake,
-    );
+    let (_tasks, links, maps) = watch_linked(&client, &namespace, &wake);
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let maps: Store<ConfigMap> = reflect(
-        &mut tasks,
-        api.clone(),
-        watcher::Config::default().fields(&format!("metadata.name={LINKED_BUNDLES_CONFIG_MAP}")),
-        &wake,
-    );
     tokio::pin!(shutdown);
     let listed = async {
         let _ = links.wait_until_ready().await;
@@ -314,6 +302,29 @@ async fn write_linked(
         .map_err(failed)?;
     }
     Ok(())
+}
+
+/// Watches the Links of `namespace` and its linked-bundles ConfigMap, waking `wake` at every
+/// change; the watches stop when the returned set is dropped.
+fn watch_linked(
+    client: &Client,
+    namespace: &str,
+    wake: &Arc<Notify>,
+) -> (JoinSet<()>, Store<Link>, Store<ConfigMap>) {
+    let mut tasks = JoinSet::new();
+    let links = reflect(
+        &mut tasks,
+        Api::namespaced(client.clone(), namespace),
+        watcher::Config::default(),
+        wake,
+    );
+    let maps = reflect(
+        &mut tasks,
+        Api::namespaced(client.clone(), namespace),
+        watcher::Config::default().fields(&format!("metadata.name={LINKED_BUNDLES_CONFIG_MAP}")),
+        wake,
+    );
+    (tasks, links, maps)
 }
 
 /// Starts a watch into a new store (the controller's one watcher loop); every event but those of
@@ -591,19 +602,7 @@ impl ReaderInner {
 /// exists. Nothing is read before both have been listed.
 async fn follow_linked(inner: std::sync::Weak<ReaderInner>, client: Client, namespace: String) {
     let wake = Arc::new(Notify::new());
-    let mut tasks = JoinSet::new();
-    let links: Store<Link> = reflect(
-        &mut tasks,
-        Api::namespaced(client.clone(), &namespace),
-        watcher::Config::default(),
-        &wake,
-    );
-    let maps: Store<ConfigMap> = reflect(
-        &mut tasks,
-        Api::namespaced(client, &namespace),
-        watcher::Config::default().fields(&format!("metadata.name={LINKED_BUNDLES_CONFIG_MAP}")),
-        &wake,
-    );
+    let (_tasks, links, maps) = watch_linked(&client, &namespace, &wake);
     if links.wait_until_ready().await.is_err() || maps.wait_until_ready().await.is_err() {
         return;
     }

@@ -195,6 +195,12 @@ impl Harness {
         ask(self.addr, transport, name, qtype).await
     }
 
+    /// Asks, and asserts the answer is NXDOMAIN with the SOA of `mesh.local.`.
+    async fn assert_nxdomain(&self, transport: Transport, name: &str, qtype: RecordType) {
+        let response = self.ask(transport, name, qtype).await;
+        assert_negative(&response, ResponseCode::NXDomain, "mesh.local.");
+    }
+
     /// Asks until the answer's record data is `want`, in order.
     async fn wait_for(
         &self,
@@ -347,14 +353,12 @@ async fn per_cluster_names_over_udp_and_tcp() {
             "Web.PROD.svc.West.Mesh.Local."
         );
         // A mirror is never this cluster's Service.
-        let response = h
-            .ask(
-                transport,
-                "web-east.prod.svc.west.mesh.local.",
-                RecordType::A,
-            )
-            .await;
-        assert_negative(&response, ResponseCode::NXDomain, "mesh.local.");
+        h.assert_nxdomain(
+            transport,
+            "web-east.prod.svc.west.mesh.local.",
+            RecordType::A,
+        )
+        .await;
 
         // SRV for the named ports, with the target's addresses as glue.
         let response = h
@@ -432,14 +436,12 @@ async fn headless_services_answer_endpoints_and_per_pod_names() {
         )
         .await;
         // Not ready: no per-pod name.
-        let response = h
-            .ask(
-                transport,
-                "db-2.db.prod.svc.west.mesh.local.",
-                RecordType::A,
-            )
-            .await;
-        assert_negative(&response, ResponseCode::NXDomain, "mesh.local.");
+        h.assert_nxdomain(
+            transport,
+            "db-2.db.prod.svc.west.mesh.local.",
+            RecordType::A,
+        )
+        .await;
         // Exists, but IPv4 only.
         let response = h
             .ask(

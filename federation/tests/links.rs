@@ -100,6 +100,26 @@ async fn export_web(east: &Client) {
     .unwrap();
 }
 
+/// Creates a Link in west's mesh namespace.
+async fn create_link(west: &Client, link: &Link) {
+    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
+    links.create(&PostParams::default(), link).await.unwrap();
+}
+
+/// Creates the Service `namespace/name` with `labels` and one port, 80.
+async fn create_service(client: &Client, namespace: &str, name: &str, labels: serde_json::Value) {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"ports": [{"name": "http", "port": 80}]}
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+}
+
 /// The controller's link reconciler on west, until the returned sender is dropped or fired.
 fn start_controller(west: &Client) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     start_controller_probing(west, None, LinkMetrics::default())
@@ -179,6 +199,25 @@ async fn link_condition(west: &Client, type_: &str) -> Option<(String, String)> 
     condition_of(west, "east", type_).await
 }
 
+/// Waits until the Link `name`'s condition `type_` has `status` and a message containing
+/// `part`, and returns the message.
+async fn wait_condition(
+    west: &Client,
+    name: &str,
+    type_: &str,
+    status: &str,
+    part: &str,
+) -> String {
+    let what = format!("Link {name}: {type_} {status}, saying {part:?}");
+    let (_, message) = eventually(&what, || async {
+        condition_of(west, name, type_)
+            .await
+            .filter(|(s, m)| s == status && m.contains(part))
+    })
+    .await;
+    message
+}
+
 /// The condition `type_` of the Link `name`: its status and message.
 async fn condition_of(west: &Client, name: &str, type_: &str) -> Option<(String, String)> {
     let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
@@ -201,10 +240,7 @@ async fn a_link_mirrors_exported_services_and_follows_the_remote() {
     let exported = Instant::now();
     export_web(&east).await;
     let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
-    links
-        .create(&PostParams::default(), &link(&east_root_pem()))
-        .await
-        .unwrap();
+    create_link(&west, &link(&east_root_pem())).await;
 
     // The mirror, with its labels, annotations, ports and an endpoint at the gateway.
     let service = eventually("web-east is mirrored", || mirror(&west, "web-east")).await;
@@ -372,22 +408,19 @@ async fn bad_links_and_bad_credentials_get_conditions() {
         )
         .await
         .unwrap();
-    let (_, message) = eventually("a credentials condition", || async {
-        link_condition(&west, condition::CREDENTIALS_VALID)
-            .await
-            .filter(|(status, _)| status == "False")
-    })
-    .await;
+    let message = wait_condition(&west, "east", condition::CREDENTIALS_VALID, "False", "").await;
     assert!(message.contains("east-credentials"), "{message}");
     assert!(message.contains("does not exist"), "{message}");
 
     // A Secret whose kubeconfig is broken: named, without its contents.
     put_credentials(&west, "this: is: not: a kubeconfig: [").await;
-    let (_, message) = eventually("a kubeconfig condition", || async {
-        link_condition(&west, condition::CREDENTIALS_VALID)
-            .await
-            .filter(|(status, m)| status == "False" && m.contains("kubeconfig"))
-    })
+    let message = wait_condition(
+        &west,
+        "east",
+        condition::CREDENTIALS_VALID,
+        "False",
+        "kubeconfig",
+    )
     .await;
     assert!(!message.contains("not: a kubeconfig"), "{message}");
 
@@ -400,12 +433,7 @@ async fn bad_links_and_bad_credentials_get_conditions() {
         )
         .await
         .unwrap();
-    let (_, message) = eventually("an address condition", || async {
-        link_condition(&west, condition::VALID)
-            .await
-            .filter(|(status, _)| status == "False")
-    })
-    .await;
+    let message = wait_condition(&west, "east", condition::VALID, "False", "").await;
     assert!(message.contains("no such host!"), "{message}");
 
     // A kubeconfig that would run a command in the controller: refused, named.
@@ -419,24 +447,15 @@ async fn bad_links_and_bad_credentials_get_conditions() {
         .unwrap();
     let exec = "apiVersion: v1\nkind: Config\nclusters:\n- name: e\n  cluster: {server: 'https://127.0.0.1:1'}\ncontexts:\n- name: e\n  context: {cluster: e, user: e}\ncurrent-context: e\nusers:\n- name: e\n  user:\n    exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/touch, args: [/tmp/pwned]}\n";
     put_credentials(&west, exec).await;
-    let (_, message) = eventually("an exec condition", || async {
-        link_condition(&west, condition::CREDENTIALS_VALID)
-            .await
-            .filter(|(status, m)| status == "False" && m.contains("exec"))
-    })
-    .await;
+    let message =
+        wait_condition(&west, "east", condition::CREDENTIALS_VALID, "False", "exec").await;
     assert!(message.contains("inline token"), "{message}");
 
     // A second Link of the same cluster: the older one is served, the newer one refused.
     let mut twin = link(&east_root_pem());
     twin.metadata.name = Some("east-again".into());
-    links.create(&PostParams::default(), &twin).await.unwrap();
-    let (_, message) = eventually("a duplicate condition", || async {
-        condition_of(&west, "east-again", condition::VALID)
-            .await
-            .filter(|(status, _)| status == "False")
-    })
-    .await;
+    create_link(&west, &twin).await;
+    let message = wait_condition(&west, "east-again", condition::VALID, "False", "").await;
     assert!(
         message.contains("Link east already links cluster east"),
         "{message}"
@@ -445,13 +464,8 @@ async fn bad_links_and_bad_credentials_get_conditions() {
     let mut suffix = link(&east_root_pem());
     suffix.metadata.name = Some("web-east-link".into());
     suffix.spec.cluster_name = "web-east".into();
-    links.create(&PostParams::default(), &suffix).await.unwrap();
-    let (_, message) = eventually("an ambiguity condition", || async {
-        condition_of(&west, "web-east-link", condition::VALID)
-            .await
-            .filter(|(status, _)| status == "False")
-    })
-    .await;
+    create_link(&west, &suffix).await;
+    let message = wait_condition(&west, "web-east-link", condition::VALID, "False", "").await;
     assert!(message.contains("rename one of the clusters"), "{message}");
 }
 
@@ -461,11 +475,7 @@ async fn an_unreachable_remote_keeps_the_mirrors_and_a_restart_neither_duplicate
     let (east_cluster, east) = cluster("east").await;
     put_credentials(&west, east_cluster.kubeconfig()).await;
     export_web(&east).await;
-    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
-    links
-        .create(&PostParams::default(), &link(&east_root_pem()))
-        .await
-        .unwrap();
+    create_link(&west, &link(&east_root_pem())).await;
     let (stop, task) = start_controller(&west);
     eventually("mirrored", || mirror(&west, "web-east")).await;
 
@@ -490,12 +500,7 @@ async fn an_unreachable_remote_keeps_the_mirrors_and_a_restart_neither_duplicate
         .create(&PostParams::default(), &api)
         .await
         .unwrap();
-    let (_, message) = eventually("a conflict condition", || async {
-        link_condition(&west, condition::MIRRORED)
-            .await
-            .filter(|(status, message)| status == "False" && message.contains("api-east"))
-    })
-    .await;
+    let message = wait_condition(&west, "east", condition::MIRRORED, "False", "api-east").await;
     assert!(message.contains("shop/api-east"), "{message}");
     let still_theirs = mirror(&west, "api-east").await.unwrap();
     assert_eq!(still_theirs.labels().get("owner").unwrap(), "someone");
@@ -538,11 +543,13 @@ async fn an_unreachable_remote_keeps_the_mirrors_and_a_restart_neither_duplicate
 
     // East's API goes away: the mirror stays, and the Link says why.
     east_cluster.shutdown().await.unwrap();
-    let (_, message) = eventually("an unreachable condition", || async {
-        link_condition(&west, condition::REMOTE_REACHABLE)
-            .await
-            .filter(|(status, message)| status == "False" && message.contains("unreachable"))
-    })
+    let message = wait_condition(
+        &west,
+        "east",
+        condition::REMOTE_REACHABLE,
+        "False",
+        "unreachable",
+    )
     .await;
     assert!(message.contains("mirrors are kept"), "{message}");
     assert!(mirror(&west, "web-east").await.is_some());
@@ -581,10 +588,7 @@ async fn a_dead_gateway_marks_its_mirrors_not_ready_until_it_answers_again() {
     let (_stop, _task) =
         start_controller_probing(&west, Some(switch.clone()), LinkMetrics::default());
     let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
-    links
-        .create(&PostParams::default(), &link(&east_root_pem()))
-        .await
-        .unwrap();
+    create_link(&west, &link(&east_root_pem())).await;
     let slices: Api<EndpointSlice> = Api::namespaced(west.clone(), "shop");
     let ready = |want: bool| {
         let slices = slices.clone();
@@ -603,12 +607,7 @@ async fn a_dead_gateway_marks_its_mirrors_not_ready_until_it_answers_again() {
         last_error: Some("3 probes in a row failed: timed out".into()),
     });
     eventually("the mirror is not ready", || ready(false)).await;
-    let (_, message) = eventually("the link says the gateway is down", || async {
-        link_condition(&west, condition::GATEWAY_ALIVE)
-            .await
-            .filter(|(status, _)| status == "False")
-    })
-    .await;
+    let message = wait_condition(&west, "east", condition::GATEWAY_ALIVE, "False", "").await;
     assert!(message.contains("timed out"), "{message}");
     let status = links.get("east").await.unwrap().status.unwrap();
     assert!(!status.gateway.alive);
@@ -637,33 +636,20 @@ async fn new_credentials_restart_the_link_and_missing_namespaces_are_named_or_cr
     let (_west_cluster, west) = cluster("west").await;
     let (east_cluster, east) = cluster("east").await;
     let (north_cluster, north) = cluster("north").await;
-    let export = |client: &Client, namespace: &str, name: &str| {
-        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-        let service: Service = serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": namespace,
-                "labels": {"mesh.io/exported": "true"}},
-            "spec": {"ports": [{"name": "http", "port": 80}]}
-        }))
-        .unwrap();
-        async move {
-            services
-                .create(&PostParams::default(), &service)
-                .await
-                .unwrap();
-        }
-    };
-    export(&north, "shop", "api").await;
+    create_service(&north, "shop", "api", json!({"mesh.io/exported": "true"})).await;
     export_web(&east).await;
     create_namespace(&east, "billing").await;
-    export(&east, "billing", "invoices").await;
+    create_service(
+        &east,
+        "billing",
+        "invoices",
+        json!({"mesh.io/exported": "true"}),
+    )
+    .await;
 
     // First the Secret holds north's credentials.
     put_credentials(&west, north_cluster.kubeconfig()).await;
-    let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
-    links
-        .create(&PostParams::default(), &link(&east_root_pem()))
-        .await
-        .unwrap();
+    create_link(&west, &link(&east_root_pem())).await;
     let (stop, task) = start_controller(&west);
     eventually("north's api is mirrored", || mirror(&west, "api-east")).await;
 
@@ -676,12 +662,7 @@ async fn new_credentials_restart_the_link_and_missing_namespaces_are_named_or_cr
     .await;
 
     // East's billing namespace does not exist in west: named, with what to do.
-    let (_, message) = eventually("a namespace condition", || async {
-        link_condition(&west, condition::MIRRORED)
-            .await
-            .filter(|(status, m)| status == "False" && m.contains("billing"))
-    })
-    .await;
+    let message = wait_condition(&west, "east", condition::MIRRORED, "False", "billing").await;
     assert!(message.contains("does not exist"), "{message}");
     assert!(message.contains("--create-namespaces"), "{message}");
     let billing: Api<Service> = Api::namespaced(west.clone(), "billing");
@@ -702,12 +683,7 @@ async fn new_credentials_restart_the_link_and_missing_namespaces_are_named_or_cr
         || async { billing.get_opt("invoices-east").await.unwrap() },
     )
     .await;
-    eventually("every export is mirrored", || async {
-        link_condition(&west, condition::MIRRORED)
-            .await
-            .filter(|(status, _)| status == "True")
-    })
-    .await;
+    wait_condition(&west, "east", condition::MIRRORED, "True", "").await;
 }
 
 /// A Link's own export selector decides what is mirrored: a Service it selects is mirrored
@@ -717,38 +693,26 @@ async fn a_link_mirrors_what_its_export_selector_selects() {
     let (_west_cluster, west) = cluster("west").await;
     let (east_cluster, east) = cluster("east").await;
     put_credentials(&west, east_cluster.kubeconfig()).await;
-    let services: Api<Service> = Api::namespaced(east.clone(), "shop");
-    for (name, labels) in [
-        ("public", json!({"tier": "public"})),
-        ("default-label", json!({"mesh.io/exported": "true"})),
-    ] {
-        let service: Service = serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "shop", "labels": labels},
-            "spec": {"ports": [{"name": "http", "port": 80}]}
-        }))
-        .unwrap();
-        services
-            .create(&PostParams::default(), &service)
-            .await
-            .unwrap();
-    }
+    create_service(&east, "shop", "public", json!({"tier": "public"})).await;
+    create_service(
+        &east,
+        "shop",
+        "default-label",
+        json!({"mesh.io/exported": "true"}),
+    )
+    .await;
     let mut link = link(&east_root_pem());
     link.spec.export_selector =
         serde_json::from_value(json!({"matchLabels": {"tier": "public"}})).unwrap();
     let links: Api<Link> = Api::namespaced(west.clone(), "mesh");
-    links.create(&PostParams::default(), &link).await.unwrap();
+    create_link(&west, &link).await;
     let (_stop, _task) = start_controller(&west);
 
     eventually("the selected service is mirrored", || {
         mirror(&west, "public-east")
     })
     .await;
-    eventually("the link has mirrored everything it selects", || async {
-        link_condition(&west, condition::MIRRORED)
-            .await
-            .filter(|(status, _)| status == "True")
-    })
-    .await;
+    wait_condition(&west, "east", condition::MIRRORED, "True", "").await;
     assert!(mirror(&west, "default-label-east").await.is_none());
     let status = links.get("east").await.unwrap().status.unwrap();
     assert_eq!(status.mirrored_services, 1);
