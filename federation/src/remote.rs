@@ -427,9 +427,9 @@ impl Pass {
         let local_slices = by_service(self.cache.slices.state());
         let results: Vec<_> = futures_util::stream::iter(self.services.state())
             .filter_map(|service| {
-                let key = (service.namespace().unwrap_or_default(), service.name_any());
+                let remote = (service.namespace().unwrap_or_default(), service.name_any());
                 let slices: Vec<&EndpointSlice> = slices_by_service
-                    .get(&key)
+                    .get(&remote)
                     .into_iter()
                     .flatten()
                     .map(AsRef::as_ref)
